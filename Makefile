@@ -1,0 +1,69 @@
+# gpubatch — the commands people run. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTEST := $(PY) -m pytest
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+# --- setup -----------------------------------------------------------------------------------
+$(STAMP): pyproject.toml
+	@if ! $(PYTHON) -m venv --help >/dev/null 2>&1; then \
+	  echo "[setup] installing python3-venv (apt-get)"; \
+	  apt-get update -qq && apt-get install -y -qq python3-venv; fi
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,plot]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## create .venv with gpubatch and its dev tools
+
+.PHONY: testbin
+testbin: ## build (once, cached by version) etcd, kube-*, kubectl, kwok, helm from Go modules
+	@bash tests/testbed/testbin.sh
+
+# --- checks and tests ------------------------------------------------------------------------
+.PHONY: lint
+lint: venv ## ruff, mypy --strict, import layering
+	$(VENV)/bin/ruff check operator/src tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+.PHONY: unit
+unit: venv ## fast tests of pure logic
+	$(PYTEST) -m unit -q
+
+.PHONY: integration
+integration: venv testbin ## tests against the real control plane test bed
+	$(PYTEST) -m integration -q
+
+.PHONY: test
+test: venv testbin lint ## everything CI runs: lint, unit and integration tests
+	$(PYTEST) -m "unit or integration" -q
+
+# --- the test bed for people -----------------------------------------------------------------
+.PHONY: testbed-up
+testbed-up: venv testbin ## start the local control plane with fake GPU nodes (prints export KUBECONFIG=...)
+	@PYTHONPATH=tests $(PY) -m testbed up
+
+.PHONY: testbed-down
+testbed-down: venv ## stop the local test bed
+	@PYTHONPATH=tests $(PY) -m testbed down
+
+.PHONY: demo
+demo: testbed-up ## the main job on a local default: test bed up, GPU nodes shown
+	@export KUBECONFIG=$$(PYTHONPATH=tests $(PY) -m testbed up 2>/dev/null | sed -n 's/^export KUBECONFIG=//p'); \
+	 BIN=$$(bash tests/testbed/testbin.sh --print); \
+	 $$BIN/kubectl get nodes -o custom-columns='NODE:.metadata.name,GPUS:.status.allocatable.nvidia\.com/gpu,MODEL:.metadata.labels.nvidia\.com/gpu\.product,READY:.status.conditions[?(@.type=="Ready")].status'
+
+.PHONY: clean
+clean: ## remove the venv and caches (not the Go binary cache)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

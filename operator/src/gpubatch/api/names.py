@@ -1,0 +1,30 @@
+"""Names shared by every part of gpubatch: API group, labels, annotations, finalizers.
+
+One place, so the operator that writes a label and the code that reads it can never disagree.
+"""
+
+from typing import Final
+
+GROUP: Final = "gpubatch.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "GPUBatch"
+PLURAL: Final = "gpubatches"
+SINGULAR: Final = "gpubatch"
+SHORT_NAME: Final = "gpub"
+CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+
+PREFIX: Final = f"{GROUP}/"
+
+# Labels on task pods (selectable, so the operator can watch only its own pods).
+LABEL_BATCH_NAME: Final = f"{PREFIX}batch"
+LABEL_BATCH_UID: Final = f"{PREFIX}batch-uid"
+LABEL_TASK_INDEX: Final = f"{PREFIX}task-index"
+LABEL_ATTEMPT: Final = f"{PREFIX}attempt"
+
+# Finalizer that keeps a finished task pod until its outcome is recorded in the batch status.
+FINALIZER_TRACKING: Final = f"{PREFIX}task-tracking"
+
+# Default node label that carries the GPU model (set by NVIDIA GPU feature discovery).
+DEFAULT_GPU_MODEL_LABEL: Final = "nvidia.com/gpu.product"
+DEFAULT_GPU_RESOURCE: Final = "nvidia.com/gpu"

@@ -1,0 +1,186 @@
+"""Certificates and kubeconfig for a loopback-only control plane.
+
+kube-apiserver refuses to serve without TLS and needs a service-account key pair; clients
+authenticate with a client certificate in `system:masters`. Everything is generated fresh per test
+bed so two test beds never share trust.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+@dataclass(frozen=True)
+class CertPaths:
+    """Where the generated material lives inside the test bed folder."""
+
+    ca_cert: Path
+    ca_key: Path
+    serving_cert: Path
+    serving_key: Path
+    admin_cert: Path
+    admin_key: Path
+    sa_key: Path
+    sa_pub: Path
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+
+
+def _name(cn: str, org: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+def generate(folder: Path) -> CertPaths:
+    """Create a CA, an apiserver serving cert for loopback, an admin client cert, and SA keys."""
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    later = now + dt.timedelta(days=30)
+
+    ca_key = _key()
+    ca_name = _name("gpubatch-testbed-ca")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(later)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(
+        cn: str, org: str | None, server: bool
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = _key()
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn, org))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(later)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName("localhost"),
+                        x509.DNSName("kubernetes"),
+                        x509.DNSName("kubernetes.default"),
+                        x509.DNSName("kubernetes.default.svc"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
+                    ]
+                ),
+                critical=False,
+            ).add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
+        else:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+            )
+        return builder.sign(ca_key, hashes.SHA256()), key
+
+    serving_cert, serving_key = leaf("kube-apiserver", None, server=True)
+    admin_cert, admin_key = leaf("testbed-admin", "system:masters", server=False)
+    sa_key = _key()
+
+    paths = CertPaths(
+        ca_cert=folder / "ca.crt",
+        ca_key=folder / "ca.key",
+        serving_cert=folder / "apiserver.crt",
+        serving_key=folder / "apiserver.key",
+        admin_cert=folder / "admin.crt",
+        admin_key=folder / "admin.key",
+        sa_key=folder / "sa.key",
+        sa_pub=folder / "sa.pub",
+    )
+    pem = serialization.Encoding.PEM
+    paths.ca_cert.write_bytes(ca_cert.public_bytes(pem))
+    _write_key(ca_key, paths.ca_key)
+    paths.serving_cert.write_bytes(serving_cert.public_bytes(pem))
+    _write_key(serving_key, paths.serving_key)
+    paths.admin_cert.write_bytes(admin_cert.public_bytes(pem))
+    _write_key(admin_key, paths.admin_key)
+    _write_key(sa_key, paths.sa_key)
+    paths.sa_pub.write_bytes(
+        sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return paths
+
+
+def write_kubeconfig(
+    path: Path, server: str, certs: CertPaths, user: str = "testbed-admin"
+) -> None:
+    """A kubeconfig that points at `server` with the admin client certificate (absolute paths)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "gpubatch-testbed",
+                "cluster": {"server": server, "certificate-authority": str(certs.ca_cert)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate": str(certs.admin_cert),
+                    "client-key": str(certs.admin_key),
+                },
+            }
+        ],
+        "contexts": [
+            {
+                "name": "gpubatch-testbed",
+                "context": {"cluster": "gpubatch-testbed", "user": user, "namespace": "default"},
+            }
+        ],
+        "current-context": "gpubatch-testbed",
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
