@@ -28,3 +28,9 @@ FINALIZER_TRACKING: Final = f"{PREFIX}task-tracking"
 # Default node label that carries the GPU model (set by NVIDIA GPU feature discovery).
 DEFAULT_GPU_MODEL_LABEL: Final = "nvidia.com/gpu.product"
 DEFAULT_GPU_RESOURCE: Final = "nvidia.com/gpu"
+
+# Annotations on task pods.
+# Set by the operator on a running pod just before it deletes it on purpose (task deadline, batch
+# stopped), so the recorded outcome says why instead of looking like a disruption.
+ANNOTATION_STOP_REASON: Final = f"{PREFIX}stop-reason"
+ANNOTATION_PARAMS: Final = f"{PREFIX}params"

@@ -1,0 +1,68 @@
+"""gpubatch.api: the GPUBatch resource as Python models (the one place that knows field names).
+
+Pure: imports pydantic and the standard library only, does no I/O.
+"""
+
+from gpubatch.api.spec import (
+    VALIDATION_MESSAGES,
+    Container,
+    EnvVar,
+    FilesSource,
+    GPUBatch,
+    GPUBatchSpec,
+    InlineValue,
+    IntRange,
+    ManifestSource,
+    MatrixAxis,
+    Order,
+    ParamValue,
+    PodCleanup,
+    PodSpec,
+    PodTemplate,
+    PodTemplateMetadata,
+    RangeSource,
+    Retry,
+    TaskSource,
+    Worker,
+)
+from gpubatch.api.status import (
+    Condition,
+    ConditionType,
+    GPUBatchStatus,
+    GpuModelStats,
+    Reason,
+    RetryState,
+    TaskCounts,
+    TaskFailure,
+)
+
+__all__ = [
+    "VALIDATION_MESSAGES",
+    "Condition",
+    "ConditionType",
+    "Container",
+    "EnvVar",
+    "FilesSource",
+    "GPUBatch",
+    "GPUBatchSpec",
+    "GPUBatchStatus",
+    "GpuModelStats",
+    "InlineValue",
+    "IntRange",
+    "ManifestSource",
+    "MatrixAxis",
+    "Order",
+    "ParamValue",
+    "PodCleanup",
+    "PodSpec",
+    "PodTemplate",
+    "PodTemplateMetadata",
+    "RangeSource",
+    "Reason",
+    "Retry",
+    "RetryState",
+    "TaskCounts",
+    "TaskFailure",
+    "TaskSource",
+    "Worker",
+]

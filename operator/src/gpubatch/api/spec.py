@@ -1,0 +1,754 @@
+"""Pydantic models of the GPUBatch spec: the one place that knows the spec's field names.
+
+The CRD in `crds/gpubatches.gpubatch.io.yaml` declares the same fields (a test walks both and
+fails on any difference, descriptions included), so `kubectl explain gpubatch.spec` and these
+docstrings teach the same API. Cross-field rules are written twice on purpose: as CEL in the CRD,
+so `kubectl apply` refuses a bad spec before anything runs, and as validators here, so code that
+never passes through an API server (the local CLI, unit tests) refuses the same spec with the same
+message. The messages live in the `MSG_*` constants below and the CRD test checks that every CEL
+message is one of them.
+
+Layering: this module imports only pydantic and the standard library; it does no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from gpubatch.api.names import DEFAULT_GPU_MODEL_LABEL, DEFAULT_GPU_RESOURCE
+from gpubatch.api.status import GPUBatchStatus
+
+# --------------------------------------------------------------------------------------- limits
+#: Inline `tasks.items` and matrix `values` are capped so the object stays far below etcd's
+#: 1.5 MiB limit and CEL rules over them stay within the API server's cost budget. Larger task
+#: lists belong in a manifest file.
+MAX_INLINE_ITEMS: Final = 10_000
+MAX_PARAMS_PER_ITEM: Final = 32
+MAX_MATRIX_AXES: Final = 8
+MAX_OUTPUTS: Final = 16
+MAX_PATH_LENGTH: Final = 4096
+MAX_TEMPLATE_LENGTH: Final = 1024
+MAX_CONTAINERS: Final = 16
+MAX_ENV_PER_CONTAINER: Final = 256
+MAX_GPU_MODELS: Final = 32
+MAX_EXIT_CODES: Final = 64
+
+#: Parameter names are identifiers so a placeholder `{name}` is unambiguous.
+PARAM_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
+PARAM_NAME_MAX_LENGTH: Final = 63
+#: Names the templates provide themselves; a parameter may not shadow them.
+RESERVED_PARAM_NAMES: Final = frozenset({"index", "outputs"})
+#: Environment variables that pin a GPU. The device plugin does that per pod; a template that
+#: sets them would point every task at the same device (or at one the pod was not given).
+GPU_PINNING_ENV: Final = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+#: A URL such as s3://bucket/key or gs://bucket/key.
+URL_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9+.-]*://"
+#: A `..` path segment anywhere in a path.
+DOTDOT_PATTERN: Final = r"(^|/)[.][.](/|$)"
+
+_PARAM_NAME_RE: Final = re.compile(PARAM_NAME_PATTERN)
+_URL_RE: Final = re.compile(URL_PATTERN)
+_DOTDOT_RE: Final = re.compile(DOTDOT_PATTERN)
+
+# ----------------------------------------------------------------------------- messages (CEL too)
+MSG_ONE_SOURCE: Final = "set exactly one task source: items, range, matrix, files or manifest"
+MSG_ONE_AXIS_KIND: Final = "each matrix axis sets exactly one of values, range or files"
+MSG_STEP_ZERO: Final = "step must not be 0"
+MSG_RANGE_EMPTY: Final = (
+    "the range is empty: stop is exclusive, so with a positive step stop must be greater than "
+    "start, and with a negative step stop must be less than start"
+)
+MSG_PARAM_NAME: Final = (
+    "parameter names must be identifiers (letters, digits and _, not starting with a digit) "
+    "and must not be index or outputs, which every template already provides"
+)
+MSG_ITEMS_SAME_KEYS: Final = "every item must set the same parameter names as the first item"
+MSG_ORDER_COST: Final = (
+    "order.by: longestFirst needs order.costParam, the parameter that estimates each task's cost"
+)
+MSG_BACKOFF: Final = "maxBackoffSeconds must be at least backoffSeconds"
+MSG_SHELL_NEEDS_WRAP: Final = "shell: true needs wrap: true (the gpubatch worker runs the shell)"
+MSG_ATOMIC_NEEDS_WRAP: Final = (
+    "atomicOutputs: true needs wrap: true (the gpubatch worker moves outputs into place)"
+)
+MSG_CONTAINERS: Final = (
+    "the pod template needs at least one container in template.spec.containers (the task container)"
+)
+MSG_GPU_ENV: Final = (
+    "do not set CUDA_VISIBLE_DEVICES or NVIDIA_VISIBLE_DEVICES: each task pod gets its own GPU "
+    "from the device plugin, which sets them; remove the variable from env"
+)
+MSG_RESTART_POLICY: Final = (
+    "template.spec.restartPolicy must be Never or unset: gpubatch retries a failed task with a "
+    "new pod (see retry)"
+)
+MSG_TASK_CONTAINER: Final = "taskContainer must name a container in template.spec.containers"
+MSG_OUTPUT_DOTDOT: Final = "output paths must not contain '..' segments"
+MSG_OUTPUT_ABSOLUTE: Final = (
+    "without outputRoot, each output must be an absolute path (/...), a URL (s3://...) or start "
+    "with a placeholder that yields one; set outputRoot to use relative output paths"
+)
+MSG_OUTPUT_ROOT: Final = (
+    "outputRoot must be an absolute path (/...) or a URL (s3://bucket/prefix) without '..' segments"
+)
+MSG_MANIFEST_FORMAT: Final = (
+    "set manifest.format (jsonl or csv): it cannot be inferred from the path's extension"
+)
+
+#: Every message a CEL rule in the CRD may carry (the CRD test checks this).
+VALIDATION_MESSAGES: Final = frozenset(
+    {
+        MSG_ONE_SOURCE,
+        MSG_ONE_AXIS_KIND,
+        MSG_STEP_ZERO,
+        MSG_RANGE_EMPTY,
+        MSG_PARAM_NAME,
+        MSG_ITEMS_SAME_KEYS,
+        MSG_ORDER_COST,
+        MSG_BACKOFF,
+        MSG_SHELL_NEEDS_WRAP,
+        MSG_ATOMIC_NEEDS_WRAP,
+        MSG_CONTAINERS,
+        MSG_GPU_ENV,
+        MSG_RESTART_POLICY,
+        MSG_TASK_CONTAINER,
+        MSG_OUTPUT_DOTDOT,
+        MSG_OUTPUT_ABSOLUTE,
+        MSG_OUTPUT_ROOT,
+        MSG_MANIFEST_FORMAT,
+    }
+)
+
+# ------------------------------------------------------------------------------------- types
+#: A value written inline in the spec. Strings or integers only: the API server would turn
+#: 1.0 into 1 and lose the text the user wrote, so floats and booleans are written quoted
+#: ("0.001", "true") and substituted exactly as written.
+InlineValue = StrictStr | StrictInt
+#: A task parameter value. Manifests (JSONL) may also carry floats and booleans.
+ParamValue = str | int | float | bool
+ParamName = Annotated[str, Field(min_length=1, max_length=PARAM_NAME_MAX_LENGTH)]
+
+
+def is_param_name(name: str) -> bool:
+    """True when `name` can be used as a parameter (and so as a `{placeholder}`)."""
+    return (
+        len(name) <= PARAM_NAME_MAX_LENGTH
+        and _PARAM_NAME_RE.match(name) is not None
+        and name not in RESERVED_PARAM_NAMES
+    )
+
+
+def _check_param_name(name: str) -> str:
+    if not is_param_name(name):
+        raise ValueError(f"{name!r}: {MSG_PARAM_NAME}")
+    return name
+
+
+def is_url(path: str) -> bool:
+    """True for `scheme://...` locations (object storage), which are not local paths."""
+    return _URL_RE.match(path) is not None
+
+
+def has_dotdot(path: str) -> bool:
+    """True when `path` has a `..` segment, the one way a path escapes its root."""
+    return _DOTDOT_RE.search(path) is not None
+
+
+class _SpecModel(BaseModel):
+    """Base of spec models: camelCase on the wire, immutable, unknown fields refused.
+
+    Unknown fields are refused (not ignored) so a typo in a local YAML file fails loudly; the API
+    server prunes them anyway, and the CRD test keeps the two field sets equal.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        frozen=True,
+        extra="forbid",
+    )
+
+
+# ----------------------------------------------------------------------------- task sources
+class IntRange(_SpecModel):
+    """Integers from start (inclusive) to stop (exclusive) by step, as Python's range()."""
+
+    start: int = Field(0, description="First value (inclusive). Defaults to 0.")
+    stop: int = Field(
+        description="End of the range, exclusive, as in Python's range(): start 0, stop 3 gives "
+        "0, 1, 2."
+    )
+    step: int = Field(
+        1, description="Distance between values; may be negative, never 0. Defaults to 1."
+    )
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> IntRange:
+        if self.step == 0:
+            raise ValueError(MSG_STEP_ZERO)
+        if (self.step > 0 and self.stop <= self.start) or (
+            self.step < 0 and self.stop >= self.start
+        ):
+            raise ValueError(MSG_RANGE_EMPTY)
+        return self
+
+    def values(self) -> range:
+        """The values as a lazy Python range (random access, no list in memory)."""
+        return range(self.start, self.stop, self.step)
+
+
+class RangeSource(IntRange):
+    """One task per integer of a range, e.g. one task per seismic shot number."""
+
+    param: ParamName = Field(
+        "value",
+        description="Name of the parameter that holds the integer, used as {name} in "
+        "templates. Defaults to value.",
+    )
+
+    _param_ok = field_validator("param")(_check_param_name)
+
+
+class MatrixAxis(_SpecModel):
+    """One axis of a matrix: a list of values, a range of integers, or the files of a glob."""
+
+    values: list[InlineValue] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_INLINE_ITEMS,
+        description="The axis values, strings or integers. Quote floats and booleans "
+        '("0.5", "true"): they are substituted into templates exactly as written.',
+    )
+    range: IntRange | None = Field(None, description="The axis values as a range of integers.")
+    files: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PATH_LENGTH,
+        description="A glob (absolute path or URL, ** for recursion) whose matches, sorted, are "
+        "the axis values. The parameter is file-valued: {axis.stem}, {axis.name}, "
+        "{axis.parent} and {axis.suffix} give parts of the path.",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> MatrixAxis:
+        if sum(x is not None for x in (self.values, self.range, self.files)) != 1:
+            raise ValueError(MSG_ONE_AXIS_KIND)
+        return self
+
+
+class FilesSource(_SpecModel):
+    """One task per file matching a glob, e.g. every image in a folder."""
+
+    glob: str = Field(
+        min_length=1,
+        max_length=MAX_PATH_LENGTH,
+        description="Absolute path or URL with wildcards (*, ?, [..], and ** for any depth), "
+        "as seen by the operator. Matches are sorted, so the same files always give the same "
+        "task indexes.",
+    )
+    param: ParamName = Field(
+        "file",
+        description="Name of the parameter that holds the file's path. The parameter is "
+        "file-valued: {file.stem}, {file.name}, {file.parent} and {file.suffix} give parts "
+        "of the path. Defaults to file.",
+    )
+
+    _param_ok = field_validator("param")(_check_param_name)
+
+
+ManifestFormat = Literal["jsonl", "csv"]
+
+
+class ManifestSource(_SpecModel):
+    """Tasks listed in a file in shared storage, for batches too large for the object."""
+
+    path: str = Field(
+        min_length=1,
+        max_length=MAX_PATH_LENGTH,
+        description="Absolute path or URL of the manifest, readable by the operator. JSONL: one "
+        "JSON object of parameters per line, every line with the same keys. CSV: a header row "
+        "of parameter names, then one row per task (values are strings). Blank lines are "
+        "ignored and the remaining records are tasks 0, 1, 2, ... in file order, so the file "
+        "must not change while the batch runs.",
+    )
+    format: ManifestFormat | None = Field(
+        None,
+        description="jsonl or csv. Optional when the path ends in .jsonl, .ndjson or .csv.",
+    )
+
+    @model_validator(mode="after")
+    def _format_known(self) -> ManifestSource:
+        if self.format is None and manifest_format_from_path(self.path) is None:
+            raise ValueError(MSG_MANIFEST_FORMAT)
+        return self
+
+    def resolved_format(self) -> ManifestFormat:
+        """The format, given or inferred from the extension."""
+        fmt = self.format or manifest_format_from_path(self.path)
+        assert fmt is not None  # guaranteed by the validator
+        return fmt
+
+
+def manifest_format_from_path(path: str) -> ManifestFormat | None:
+    """Infer a manifest format from the file extension (None when it says nothing)."""
+    lower = path.lower()
+    if lower.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if lower.endswith(".csv"):
+        return "csv"
+    return None
+
+
+class TaskSource(_SpecModel):
+    """Where the tasks come from: exactly one of items, range, matrix, files or manifest.
+
+    Every source maps task index -> parameters deterministically, so a restart or re-apply sees
+    the same tasks under the same indexes.
+    """
+
+    items: (
+        list[Annotated[dict[ParamName, InlineValue], Field(max_length=MAX_PARAMS_PER_ITEM)]] | None
+    ) = Field(
+        None,
+        min_length=1,
+        max_length=MAX_INLINE_ITEMS,
+        description="Inline list of tasks, each a map of parameter name to value (string or "
+        "integer; quote floats and booleans). Every item sets the same names. At most 10000 "
+        "items: use manifest for more.",
+    )
+    range: RangeSource | None = Field(
+        None, description="One task per integer of start..stop (stop exclusive) by step."
+    )
+    matrix: dict[ParamName, MatrixAxis] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_MATRIX_AXES,
+        description="Cartesian product of named axes: one task per combination, the axis name "
+        "being the parameter name. Axes are ordered by name (the API server does not keep map "
+        "order) and the last axis varies fastest.",
+    )
+    files: FilesSource | None = Field(None, description="One task per file matching a glob.")
+    manifest: ManifestSource | None = Field(
+        None,
+        description="Tasks listed in a JSONL or CSV file in shared storage, for 100k+ tasks.",
+    )
+
+    @field_validator("items")
+    @classmethod
+    def _items_consistent(
+        cls, items: list[dict[str, InlineValue]] | None
+    ) -> list[dict[str, InlineValue]] | None:
+        if items is None:
+            return None
+        first = set(items[0])
+        for position, item in enumerate(items):
+            for name in item:
+                _check_param_name(name)
+            if set(item) != first:
+                raise ValueError(f"item {position}: {MSG_ITEMS_SAME_KEYS}")
+        return items
+
+    @field_validator("matrix")
+    @classmethod
+    def _axis_names(cls, matrix: dict[str, MatrixAxis] | None) -> dict[str, MatrixAxis] | None:
+        if matrix is not None:
+            for name in matrix:
+                _check_param_name(name)
+        return matrix
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TaskSource:
+        chosen = (self.items, self.range, self.matrix, self.files, self.manifest)
+        if sum(x is not None for x in chosen) != 1:
+            raise ValueError(MSG_ONE_SOURCE)
+        return self
+
+    def matrix_axes(self) -> list[tuple[str, MatrixAxis]]:
+        """The matrix axes in their canonical order: sorted by name."""
+        return sorted((self.matrix or {}).items())
+
+
+# ------------------------------------------------------------------------- dispatch and retry
+class Order(_SpecModel):
+    """The order in which tasks are dispatched."""
+
+    by: Literal["index", "longestFirst"] = Field(
+        "index",
+        description="index: in task index order. longestFirst: highest cost first (by "
+        "costParam), so the longest tasks do not start last and leave other GPUs idle at the "
+        "end (longest processing time first). Defaults to index.",
+    )
+    cost_param: ParamName | None = Field(
+        None,
+        description="For longestFirst: the parameter that estimates a task's cost, a number or "
+        "a numeric string. For a file-valued parameter (from files or a matrix files axis) the "
+        "cost is the file's size.",
+    )
+
+    @model_validator(mode="after")
+    def _cost_given(self) -> Order:
+        if self.by == "longestFirst" and self.cost_param is None:
+            raise ValueError(MSG_ORDER_COST)
+        return self
+
+
+class Retry(_SpecModel):
+    """How failed tasks are retried. Pod disruptions (eviction, node loss) never count."""
+
+    limit: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="Retries after the first attempt before a task counts as failed. Defaults "
+        "to 3.",
+    )
+    backoff_seconds: int = Field(
+        10,
+        ge=0,
+        le=86400,
+        description="Delay before the first retry; doubled for each further retry. Defaults to 10.",
+    )
+    max_backoff_seconds: int = Field(
+        600, ge=0, le=86400, description="Upper bound of the retry delay. Defaults to 600."
+    )
+    non_retriable_exit_codes: list[Annotated[int, Field(ge=1, le=255)]] = Field(
+        default_factory=list,
+        max_length=MAX_EXIT_CODES,
+        description="Exit codes that mean the task can never succeed (bad input): the task "
+        "fails at once, without retries.",
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Retry:
+        if self.max_backoff_seconds < self.backoff_seconds:
+            raise ValueError(MSG_BACKOFF)
+        return self
+
+
+class PodCleanup(_SpecModel):
+    """What happens to task pods once their outcome is recorded in the status."""
+
+    succeeded: Literal["Delete", "Keep"] = Field(
+        "Delete",
+        description="Delete (default) or Keep the pods of succeeded and skipped tasks. Their "
+        "results are in the status either way.",
+    )
+    failed: Literal["Delete", "Keep"] = Field(
+        "Keep",
+        description="Keep (default) or Delete the pods of failed attempts; kept pods keep their "
+        "logs for debugging.",
+    )
+
+
+class Worker(_SpecModel):
+    """How the task container runs the command: through the gpubatch worker, or directly."""
+
+    wrap: bool = Field(
+        True,
+        description="Run the command through the gpubatch-worker entrypoint (it must be in the "
+        "image), which reports the GPU, re-checks outputs, enforces the task deadline and "
+        "writes a result the operator reads. false runs the command as is. Defaults to true.",
+    )
+    require_gpu: bool = Field(
+        True,
+        alias="requireGPU",
+        description="With wrap: fail the task (distinct exit code) when no NVIDIA GPU is "
+        "visible, instead of running on the CPU by accident. Defaults to true.",
+    )
+    atomic_outputs: bool = Field(
+        False,
+        description="With wrap: the command writes each output to a temporary path the worker "
+        "passes in, and the worker moves it into place only on success, so a half-written file "
+        "never counts as done. Defaults to false.",
+    )
+    shell: bool = Field(
+        False,
+        description="With wrap: join command and args into one line run by /bin/sh -c; every "
+        "substituted value is shell-quoted. Defaults to false: no shell is involved.",
+    )
+
+    @model_validator(mode="after")
+    def _wrap_needed(self) -> Worker:
+        if not self.wrap and self.shell:
+            raise ValueError(MSG_SHELL_NEEDS_WRAP)
+        if not self.wrap and self.atomic_outputs:
+            raise ValueError(MSG_ATOMIC_NEEDS_WRAP)
+        return self
+
+
+# ------------------------------------------------------------------------------ pod template
+class _OpenModel(_SpecModel):
+    """A Kubernetes object gpubatch passes through: known fields typed, the rest kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class EnvVar(_OpenModel):
+    """An environment variable of a container (as in a Pod)."""
+
+    name: str = Field(min_length=1, max_length=1024, description="Variable name.")
+    value: str | None = Field(
+        None,
+        description="Value; placeholders such as {name} are substituted per task in the task "
+        "container.",
+    )
+
+
+class Container(_OpenModel):
+    """A container, as in a Pod. Only the fields gpubatch reads are described here."""
+
+    name: str = Field(min_length=1, max_length=253, description="Container name.")
+    command: list[str] | None = Field(
+        None,
+        description="Entrypoint argv; in the task container placeholders are substituted per "
+        "task. Never run through a shell unless worker.shell is true.",
+    )
+    args: list[str] | None = Field(
+        None,
+        description="Arguments; in the task container placeholders are substituted per task.",
+    )
+    env: list[EnvVar] | None = Field(
+        None,
+        max_length=MAX_ENV_PER_CONTAINER,
+        description="Environment variables. Must not set CUDA_VISIBLE_DEVICES or "
+        "NVIDIA_VISIBLE_DEVICES.",
+    )
+
+
+class PodSpec(_OpenModel):
+    """A Pod spec. Every Pod field is accepted; gpubatch adds the GPU limit, labels and env."""
+
+    containers: list[Container] = Field(
+        min_length=1,
+        max_length=MAX_CONTAINERS,
+        description="The containers; the task container is the first, or the one named by "
+        "spec.taskContainer.",
+    )
+    init_containers: list[Container] | None = Field(
+        None, max_length=MAX_CONTAINERS, description="Init containers, as in a Pod."
+    )
+    restart_policy: str | None = Field(
+        None,
+        description="Must be Never or unset: gpubatch retries a failed task with a new pod.",
+    )
+
+    @field_validator("containers", mode="before")
+    @classmethod
+    def _some_container(cls, containers: object) -> object:
+        # Before the minItems check, so people get the message that says what to add.
+        if isinstance(containers, list) and not containers:
+            raise ValueError(MSG_CONTAINERS)
+        return containers
+
+    @model_validator(mode="after")
+    def _no_gpu_pinning(self) -> PodSpec:
+        for container in [*self.containers, *(self.init_containers or [])]:
+            for var in container.env or []:
+                if var.name in GPU_PINNING_ENV:
+                    raise ValueError(f"container {container.name!r}: {MSG_GPU_ENV}")
+        if self.restart_policy not in (None, "Never"):
+            raise ValueError(MSG_RESTART_POLICY)
+        return self
+
+
+class PodTemplateMetadata(_SpecModel):
+    """Labels and annotations copied onto every task pod."""
+
+    labels: dict[str, str] | None = Field(None, description="Labels for every task pod.")
+    annotations: dict[str, str] | None = Field(None, description="Annotations for every task pod.")
+
+
+class PodTemplate(_SpecModel):
+    """The task pod template, like a Job's: metadata plus a Pod spec."""
+
+    metadata: PodTemplateMetadata | None = Field(
+        None, description="Labels and annotations for every task pod."
+    )
+    spec: PodSpec = Field(description="The Pod spec of every task pod.")
+
+
+# ------------------------------------------------------------------------------------ the spec
+class GPUBatchSpec(_SpecModel):
+    """A batch of independent GPU tasks: one pod per task, one GPU per pod (by default)."""
+
+    tasks: TaskSource = Field(
+        description="The tasks: exactly one of items, range, matrix, files or manifest. Each "
+        "task has an index (0..N-1) and parameters used as {placeholders} in outputs, command, "
+        "args and env values."
+    )
+    outputs: list[Annotated[str, Field(min_length=1, max_length=MAX_TEMPLATE_LENGTH)]] = Field(
+        default_factory=list,
+        max_length=MAX_OUTPUTS,
+        description="Output path templates, e.g. /data/out/{video.stem}_{image.stem}.mp4. A "
+        "task whose outputs all exist is skipped, so re-running never redoes finished work. "
+        "Templates use {param}, {param.stem|name|parent|suffix}, {index}; the command refers "
+        "to them as {outputs[0]}, {outputs[1]}, ...",
+    )
+    output_root: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PATH_LENGTH,
+        description="Folder or URL prefix (s3://bucket/prefix) that every output must resolve "
+        "inside; relative outputs are taken relative to it. A task whose output would escape "
+        "it (a .. segment, another folder) is refused.",
+    )
+    parallelism: int | None = Field(
+        None,
+        ge=1,
+        le=100000,
+        description="Most task pods running at once. Unset: as many as the cluster has free "
+        "GPUs for.",
+    )
+    max_pending: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Most task pods waiting to be scheduled beyond those running, so the "
+        "scheduler is never flooded and a GPU that frees up takes the next task (a dynamic "
+        "queue). Unset: the operator's default (a few).",
+    )
+    order: Order = Field(
+        default_factory=Order, description="Dispatch order: index (default) or longestFirst."
+    )
+    gpus_per_task: int = Field(
+        1, ge=1, le=64, description="GPUs each task pod requests. Defaults to 1."
+    )
+    gpu_resource: str = Field(
+        DEFAULT_GPU_RESOURCE,
+        min_length=1,
+        max_length=253,
+        description="Extended resource requested for GPUs, e.g. nvidia.com/mig-1g.10gb for a "
+        "MIG slice or another vendor's resource. Defaults to nvidia.com/gpu.",
+    )
+    gpu_models: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = Field(
+        None,
+        max_length=MAX_GPU_MODELS,
+        description="Acceptable GPU models (values of gpuModelLabel) in order of preference: "
+        "task pods run only on these, preferring earlier ones. Unset: any GPU.",
+    )
+    gpu_model_label: str = Field(
+        DEFAULT_GPU_MODEL_LABEL,
+        min_length=1,
+        max_length=317,
+        description="Node label that names the GPU model, used by gpuModels and by the "
+        "per-model statistics. Defaults to nvidia.com/gpu.product (GPU feature discovery).",
+    )
+    retry: Retry = Field(default_factory=Retry, description="Retries of failed tasks.")
+    task_deadline_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Longest one task attempt may run; a longer one is stopped and counts as "
+        "a failed attempt.",
+    )
+    max_failed_tasks: int | None = Field(
+        None,
+        ge=0,
+        description="When more tasks than this have failed (after retries), the batch stops "
+        "dispatching and is Failed. Unset: no limit; the batch runs every task and failures "
+        "are listed in the status.",
+    )
+    active_deadline_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Longest the batch may run from its start; then running tasks are stopped "
+        "and the batch is Failed.",
+    )
+    suspend: bool = Field(
+        False,
+        description="true stops dispatching new tasks (running tasks finish); false resumes. "
+        "Defaults to false.",
+    )
+    pod_cleanup: PodCleanup = Field(
+        default_factory=PodCleanup, description="Which finished task pods are deleted."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None,
+        ge=0,
+        description="Delete the batch (and its pods) this long after it is Complete or Failed. "
+        "Unset: keep it.",
+    )
+    worker: Worker = Field(
+        default_factory=Worker, description="How the task container runs the command."
+    )
+    task_container: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="Name of the container that runs the task (gets the GPU and the rendered "
+        "command). Unset: the first container.",
+    )
+    template: PodTemplate = Field(
+        description="The task pod template, like a Job's. command, args and env values of the "
+        "task container may use placeholders."
+    )
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_plain(cls, outputs: list[str]) -> list[str]:
+        for output in outputs:
+            if has_dotdot(output):
+                raise ValueError(f"{output!r}: {MSG_OUTPUT_DOTDOT}")
+        return outputs
+
+    @field_validator("output_root")
+    @classmethod
+    def _root_form(cls, root: str | None) -> str | None:
+        if root is not None and (not (root.startswith("/") or is_url(root)) or has_dotdot(root)):
+            raise ValueError(f"{root!r}: {MSG_OUTPUT_ROOT}")
+        return root
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> GPUBatchSpec:
+        if self.output_root is None:
+            for output in self.outputs:
+                if not _anchored(output):
+                    raise ValueError(f"outputs: {output!r}: {MSG_OUTPUT_ABSOLUTE}")
+        if self.task_container is not None and self.task_container not in {
+            c.name for c in self.template.spec.containers
+        }:
+            raise ValueError(f"{self.task_container!r}: {MSG_TASK_CONTAINER}")
+        return self
+
+    def task_container_index(self) -> int:
+        """Position of the task container in template.spec.containers."""
+        if self.task_container is None:
+            return 0
+        names = [c.name for c in self.template.spec.containers]
+        return names.index(self.task_container)
+
+
+def _anchored(output: str) -> bool:
+    """An output that does not need outputRoot: absolute, a URL, or led by a placeholder."""
+    return (
+        output.startswith("/")
+        or is_url(output)
+        or (output.startswith("{") and not output.startswith("{{"))
+    )
+
+
+class GPUBatch(_SpecModel):
+    """A whole GPUBatch object, as read from a YAML file or the API server."""
+
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+    api_version: Literal["gpubatch.io/v1alpha1"] = Field(
+        "gpubatch.io/v1alpha1", description="gpubatch.io/v1alpha1"
+    )
+    kind: Literal["GPUBatch"] = Field("GPUBatch", description="GPUBatch")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+    spec: GPUBatchSpec = Field(description="What to run.")
+    status: GPUBatchStatus | None = Field(None, description="What has happened so far.")

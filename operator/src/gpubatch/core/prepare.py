@@ -1,0 +1,67 @@
+"""From a raw spec to a batch ready to dispatch, or one `SpecError` saying what to change.
+
+This is the single entry point the operator (and the local CLI) calls once per spec generation:
+parse the spec, expand the tasks (through injected storage), compile every template against
+the parameter names, and check the dispatch order. Everything the API server could not check
+(a glob that matches nothing, a manifest that does not parse, an unknown placeholder) surfaces
+here, before any pod is created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from gpubatch.api.spec import GPUBatchSpec
+from gpubatch.core.errors import SpecError, spec_error_from_validation
+from gpubatch.core.expand import FileLister, ManifestReader, TaskList, expand
+from gpubatch.core.order import check_order, dispatch_order
+from gpubatch.core.taskrender import RenderedTask, TaskRenderer
+
+
+def parse_spec(raw: Mapping[str, Any]) -> GPUBatchSpec:
+    """Validate a spec (the `spec` of a GPUBatch object); SpecError with every problem listed."""
+    try:
+        return GPUBatchSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise spec_error_from_validation(exc) from None
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A validated spec with its expanded tasks and compiled templates."""
+
+    spec: GPUBatchSpec
+    tasks: TaskList
+    renderer: TaskRenderer
+    _order: list[Sequence[int]] = field(default_factory=list, repr=False, compare=False)
+
+    def order(self) -> Sequence[int]:
+        """Task indexes in dispatch order (computed on first use, then kept)."""
+        if not self._order:
+            self._order.append(dispatch_order(self.spec.order, self.tasks))
+        return self._order[0]
+
+    def render(self, index: int) -> RenderedTask:
+        """Outputs, command, args and env values of task `index`."""
+        return self.renderer.render(self.tasks.task(index))
+
+
+def prepare_batch(
+    spec: GPUBatchSpec | Mapping[str, Any],
+    *,
+    files: FileLister | None = None,
+    manifests: ManifestReader | None = None,
+) -> PreparedBatch:
+    """Validate, expand and compile; raises SpecError (never a half-prepared batch)."""
+    parsed = spec if isinstance(spec, GPUBatchSpec) else parse_spec(spec)
+    tasks = expand(parsed.tasks, files=files, manifests=manifests)
+    renderer = TaskRenderer(parsed, tasks.param_names, task_count=len(tasks))
+    check_order(parsed.order, tasks)
+    return PreparedBatch(spec=parsed, tasks=tasks, renderer=renderer)
+
+
+__all__ = ["PreparedBatch", "SpecError", "parse_spec", "prepare_batch"]
