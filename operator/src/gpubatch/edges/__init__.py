@@ -1,0 +1,1 @@
+"""gpubatch.edges."""
