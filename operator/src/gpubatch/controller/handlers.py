@@ -1,0 +1,193 @@
+"""kopf registrations. Handlers only wake the reconcile of one batch; they decide nothing.
+
+- an index of task pods (server-side label selector: only pods carrying our batch-uid label are
+  ever sent to the operator), each reduced to a PodView;
+- an index of node labels (for the GPU model of a pod's node);
+- a pod event handler that wakes the pod's batch, and a batch event handler that wakes it on
+  spec edits;
+- one daemon per GPUBatch running its reconcile loop;
+- a delete handler that releases the batch's pods, so deleting a batch never leaves pods hanging
+  on the tracking finalizer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from gpubatch.api.names import FINALIZER_TRACKING, GROUP, LABEL_BATCH_UID, PLURAL, VERSION
+from gpubatch.controller.metrics import Metrics
+from gpubatch.controller.reconcile import BatchRuntime, Reconciler, pod_selector
+from gpubatch.core.planner import Event, Limits
+from gpubatch.core.podspec import BatchRef
+from gpubatch.core.podview import PodView, pod_view
+from gpubatch.edges.kube import ApiEndpoint, KubeClient
+
+log = logging.getLogger("gpubatch.handlers")
+
+
+@dataclass
+class OperatorState:
+    """The operator's process-wide objects, created at startup."""
+
+    limits: Limits = field(default_factory=Limits)
+    api_concurrency: int = 32
+    metrics_port: int | None = None
+    endpoint: ApiEndpoint | None = None
+    client: KubeClient | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    reconciler: Reconciler | None = None
+    runtimes: dict[str, BatchRuntime] = field(default_factory=dict)
+
+
+STATE = OperatorState()
+
+
+def configure(limits: Limits, api_concurrency: int, metrics_port: int | None) -> None:
+    STATE.limits = limits
+    STATE.api_concurrency = api_concurrency
+    STATE.metrics_port = metrics_port
+
+
+def _endpoint(info: kopf.ConnectionInfo) -> ApiEndpoint:
+    def text(value: str | bytes | None) -> str | None:
+        return value.decode() if isinstance(value, bytes) else value
+
+    def path(value: object) -> str | None:
+        return None if value is None else str(value)
+
+    return ApiEndpoint(
+        server=info.server,
+        ca_path=path(info.ca_path),
+        ca_data=text(info.ca_data),
+        insecure=bool(info.insecure),
+        token=info.token,
+        certificate_path=path(info.certificate_path),
+        certificate_data=text(info.certificate_data),
+        private_key_path=path(info.private_key_path),
+        private_key_data=text(info.private_key_data),
+    )
+
+
+@kopf.on.login(id="login")
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account first, then KUBECONFIG; our client shares the credentials."""
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is not None:
+        STATE.endpoint = _endpoint(info)
+    return info
+
+
+@kopf.on.startup(id="startup")
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    prefix = GROUP
+    settings.persistence.finalizer = f"{prefix}/cleanup"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration"
+    )
+    # Only our task pods reach the operator: the selector is applied by the API server.
+    settings.watching.label_selectors["v1", "pods"] = LABEL_BATCH_UID
+    # React to a pod event within milliseconds, not kopf's default 0.1 s batching window.
+    settings.batching.batch_window = 0.005
+    settings.posting.level = logging.WARNING
+    settings.peering.standalone = True
+
+
+def _client() -> KubeClient:
+    if STATE.client is None:
+        if STATE.endpoint is None:
+            raise kopf.TemporaryError("no API credentials yet", delay=1)
+        STATE.client = KubeClient(STATE.endpoint, concurrency=STATE.api_concurrency)
+        STATE.metrics.watch_client(STATE.client)
+        STATE.reconciler = Reconciler(STATE.client, STATE.metrics, STATE.limits)
+        if STATE.metrics_port:
+            STATE.metrics.serve(STATE.metrics_port)
+    return STATE.client
+
+
+@kopf.on.cleanup(id="cleanup")
+async def cleanup(**_: Any) -> None:
+    if STATE.client is not None:
+        await STATE.client.close()
+
+
+@kopf.index("v1", "pods", id="task_pods", labels={LABEL_BATCH_UID: kopf.PRESENT})
+def task_pods(body: kopf.Body, **_: Any) -> dict[str, PodView] | None:
+    view = pod_view(dict(body))
+    return None if view is None else {view.batch_uid: view}
+
+
+@kopf.index("v1", "nodes", id="node_labels")
+def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    return {name: dict(labels)}
+
+
+@kopf.on.event("v1", "pods", id="wake_batch", labels={LABEL_BATCH_UID: kopf.PRESENT})
+def wake_batch(labels: kopf.Labels, **_: Any) -> None:
+    runtime = STATE.runtimes.get(labels.get(LABEL_BATCH_UID, ""))
+    if runtime is not None:
+        runtime.wake()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, id="wake_on_batch_change")
+def wake_on_batch_change(uid: str, **_: Any) -> None:
+    """A spec edit (suspend, parallelism, ...) must act now, not at the next pod event."""
+    runtime = STATE.runtimes.get(uid)
+    if runtime is not None:
+        runtime.wake()
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=1.0)
+async def reconcile(
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    uid: str,
+    stopped: kopf.DaemonStopped,
+    **kwargs: Any,
+) -> None:
+    # kopf passes each index by its handler id.
+    task_pods: kopf.Index[str, PodView] = kwargs["task_pods"]
+    node_labels: kopf.Index[str, dict[str, str]] = kwargs["node_labels"]
+    _client()
+    assert STATE.reconciler is not None
+    runtime = STATE.runtimes.setdefault(
+        uid, BatchRuntime(ref=BatchRef(name, namespace or "default", uid))
+    )
+
+    def pods() -> Iterable[PodView]:
+        return list(task_pods.get(uid, []))
+
+    def labels_of(node: str) -> dict[str, str]:
+        for labels in node_labels.get(node, []):
+            return labels
+        return {}
+
+    def post(event: Event) -> None:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+    try:
+        await STATE.reconciler.run(runtime, body, pods, labels_of, post, lambda: stopped.is_set())
+    finally:
+        if runtime.timer is not None:
+            runtime.timer.cancel()
+        if body.metadata.get("deletionTimestamp"):
+            STATE.runtimes.pop(uid, None)
+            STATE.metrics.forget(runtime.ref)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="release_pods")
+async def release_pods(namespace: str | None, uid: str, **_: Any) -> None:
+    """Drop the tracking finalizer from every task pod; garbage collection then removes them."""
+    client = _client()
+    namespace = namespace or "default"
+    for pod in await client.list_pods(namespace, pod_selector(uid)):
+        meta = pod["metadata"]
+        if FINALIZER_TRACKING in (meta.get("finalizers") or []):
+            await client.remove_pod_finalizer(namespace, meta["name"], FINALIZER_TRACKING)
+    STATE.runtimes.pop(uid, None)

@@ -1,0 +1,82 @@
+"""`gpubatch-operator`: run the kopf operator (in a cluster, or against KUBECONFIG)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import kopf
+
+from gpubatch.controller import handlers
+from gpubatch.core.planner import DEFAULT_MAX_CREATES_PER_PASS, DEFAULT_MAX_PENDING, Limits
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="gpubatch-operator", description=__doc__)
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    parser.add_argument(
+        "--max-pending",
+        type=int,
+        default=DEFAULT_MAX_PENDING,
+        help="unscheduled task pods allowed per batch beyond those running "
+        f"(default {DEFAULT_MAX_PENDING}; a batch's spec.maxPending overrides)",
+    )
+    parser.add_argument(
+        "--max-creates-per-pass",
+        type=int,
+        default=DEFAULT_MAX_CREATES_PER_PASS,
+        help=f"most pods one reconcile pass creates (default {DEFAULT_MAX_CREATES_PER_PASS})",
+    )
+    parser.add_argument(
+        "--api-concurrency",
+        type=int,
+        default=32,
+        help="concurrent API requests of the operator's pod client (default 32)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8080,
+        help="Prometheus metrics port (0 disables; default 8080)",
+    )
+    parser.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8081/healthz",
+        help="liveness endpoint URL (empty disables)",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    handlers.configure(
+        Limits(max_pending=args.max_pending, max_creates_per_pass=args.max_creates_per_pass),
+        api_concurrency=args.api_concurrency,
+        metrics_port=args.metrics_port or None,
+    )
+    kopf.configure(verbose=args.verbose)
+    if not args.verbose:
+        # kopf logs every pod event handler at INFO; at thousands of pods that drowns the log.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    asyncio.run(
+        kopf.operator(
+            standalone=True,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=args.liveness or None,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

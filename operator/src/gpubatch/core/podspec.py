@@ -1,0 +1,203 @@
+"""Render one task attempt's pod from the batch's pod template.
+
+What gpubatch adds to the user's template, and why:
+- `<gpuResource>: <gpusPerTask>` as limit (and request) on the task container, so the device
+  plugin gives the pod its own GPU(s) and pins them. gpubatch never sets CUDA_VISIBLE_DEVICES.
+- labels (batch name and uid, task index, attempt) so the operator watches only its own pods
+  through a server-side label selector, and an owner reference so pods die with the batch;
+- the tracking finalizer, removed only once the attempt's outcome is in the batch status;
+- a deterministic name, so a create repeated after a crash is a harmless 409;
+- the task environment (GPUBATCH_*), and with `worker.wrap` the `gpubatch-worker --` prefix;
+- node affinity for `gpuModels` (required set, preferred order);
+- restricted-profile security defaults where the template leaves them unset (non-root,
+  no privilege escalation, all capabilities dropped, RuntimeDefault seccomp).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from gpubatch.api.names import (
+    FINALIZER_TRACKING,
+    LABEL_ATTEMPT,
+    LABEL_BATCH_NAME,
+    LABEL_BATCH_UID,
+    LABEL_TASK_INDEX,
+)
+from gpubatch.api.spec import GPUBatchSpec
+from gpubatch.api.taskenv import TaskEnvironment
+from gpubatch.core.errors import SpecError
+from gpubatch.core.partial import partial_paths
+from gpubatch.core.taskrender import RenderedTask
+
+WORKER_COMMAND: Final = ("gpubatch-worker", "--")
+MAX_NAME: Final = 63
+#: Extra seconds the kubelet grants beyond taskDeadlineSeconds before it kills the pod itself;
+#: the worker and the operator stop the task first, this is the backstop when both cannot.
+KUBELET_DEADLINE_GRACE: Final = 60
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """The owning batch, as needed for names, labels and the owner reference."""
+
+    name: str
+    namespace: str
+    uid: str
+    api_version: str = "gpubatch.io/v1alpha1"
+    kind: str = "GPUBatch"
+
+
+def pod_name(batch: str, index: int, attempt: int) -> str:
+    """`<batch>-<index>-<attempt>`, shortened with a hash of the batch name to fit 63 chars."""
+    suffix = f"-{index}-{attempt}"
+    name = batch + suffix
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(batch.encode()).hexdigest()[:8]
+    keep = MAX_NAME - len(suffix) - len(digest) - 1
+    return f"{batch[:keep].rstrip('-.')}-{digest}{suffix}"
+
+
+def label_value(text: str) -> str:
+    """A valid label value (<= 63 chars, alphanumeric ends) standing for `text`."""
+    if len(text) <= MAX_NAME and re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", text):
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    cleaned = re.sub(r"[^-A-Za-z0-9_.]", "-", text)[: MAX_NAME - 9].strip("-_.")
+    return f"{cleaned}-{digest}" if cleaned else digest
+
+
+def task_selector(batch_uid: str) -> str:
+    return f"{LABEL_BATCH_UID}={batch_uid}"
+
+
+def render_pod(
+    batch: BatchRef,
+    spec: GPUBatchSpec,
+    task: RenderedTask,
+    attempt: int,
+) -> dict[str, Any]:
+    """The complete pod manifest for one attempt of one task."""
+    template = spec.template.model_dump(mode="json", by_alias=True, exclude_none=True)
+    pod_spec: dict[str, Any] = copy.deepcopy(template["spec"])
+    metadata = template.get("metadata") or {}
+    position = spec.task_container_index()
+
+    # The task container: rendered argv/env, the worker prefix, the task env, the GPU limit.
+    container = task.apply(pod_spec["containers"][position])
+    argv = [*(container.get("command") or []), *(container.get("args") or [])]
+    if spec.worker.wrap:
+        if not argv:
+            raise SpecError(
+                "worker.wrap runs the task's command through gpubatch-worker, so the task "
+                "container must set command (and optionally args); or set worker.wrap: false to "
+                "use the image's own entrypoint",
+                field=f"spec.template.spec.containers[{position}].command",
+            )
+        container["command"] = [*WORKER_COMMAND, *argv]
+        container.pop("args", None)
+    environment = TaskEnvironment(
+        batch=batch.name,
+        task_index=task.index,
+        attempt=attempt,
+        params=task.params,
+        outputs=task.outputs,
+        partial_outputs=partial_paths(task.outputs) if spec.worker.atomic_outputs else (),
+        atomic_outputs=spec.worker.atomic_outputs,
+        require_gpu=spec.worker.require_gpu,
+        deadline_seconds=spec.task_deadline_seconds,
+        shell=spec.worker.shell,
+    )
+    ours = environment.to_env()
+    names = {entry["name"] for entry in ours}
+    container["env"] = [e for e in container.get("env") or [] if e.get("name") not in names] + ours
+    resources = container.setdefault("resources", {})
+    gpus = str(spec.gpus_per_task)
+    resources.setdefault("limits", {})[spec.gpu_resource] = gpus
+    resources.setdefault("requests", {})[spec.gpu_resource] = gpus
+    container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
+    _restrict_container(container)
+    pod_spec["containers"][position] = container
+    for other in pod_spec.get("initContainers") or []:
+        _restrict_container(other)
+    for index, other in enumerate(pod_spec["containers"]):
+        if index != position:
+            _restrict_container(other)
+
+    pod_spec["restartPolicy"] = "Never"
+    if spec.task_deadline_seconds is not None:
+        pod_spec.setdefault(
+            "activeDeadlineSeconds", spec.task_deadline_seconds + KUBELET_DEADLINE_GRACE
+        )
+    security = pod_spec.setdefault("securityContext", {})
+    security.setdefault("runAsNonRoot", True)
+    security.setdefault("seccompProfile", {"type": "RuntimeDefault"})
+    if spec.gpu_models:
+        _add_gpu_model_affinity(pod_spec, spec.gpu_model_label, spec.gpu_models)
+
+    labels = {
+        **(metadata.get("labels") or {}),
+        LABEL_BATCH_NAME: label_value(batch.name),
+        LABEL_BATCH_UID: batch.uid,
+        LABEL_TASK_INDEX: str(task.index),
+        LABEL_ATTEMPT: str(attempt),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(batch.name, task.index, attempt),
+            "namespace": batch.namespace,
+            "labels": labels,
+            "annotations": dict(metadata.get("annotations") or {}),
+            "finalizers": [FINALIZER_TRACKING],
+            "ownerReferences": [
+                {
+                    "apiVersion": batch.api_version,
+                    "kind": batch.kind,
+                    "name": batch.name,
+                    "uid": batch.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": pod_spec,
+    }
+
+
+def _restrict_container(container: dict[str, Any]) -> None:
+    """Restricted Pod Security defaults, only where the template says nothing."""
+    security = container.setdefault("securityContext", {})
+    security.setdefault("allowPrivilegeEscalation", False)
+    security.setdefault("capabilities", {"drop": ["ALL"]})
+
+
+def _add_gpu_model_affinity(pod_spec: dict[str, Any], label: str, models: list[str]) -> None:
+    """Only these models (required), earlier ones preferred (weights 100, 99, ...)."""
+    requirement = {"key": label, "operator": "In", "values": list(models)}
+    node_affinity = pod_spec.setdefault("affinity", {}).setdefault("nodeAffinity", {})
+    required = node_affinity.setdefault(
+        "requiredDuringSchedulingIgnoredDuringExecution", {"nodeSelectorTerms": []}
+    )
+    terms = required.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({"matchExpressions": []})
+    for term in terms:  # terms are ORed: the model requirement must hold in each
+        term.setdefault("matchExpressions", []).append(requirement)
+    if len(models) > 1:
+        preferred = node_affinity.setdefault("preferredDuringSchedulingIgnoredDuringExecution", [])
+        for rank, model in enumerate(models):
+            preferred.append(
+                {
+                    "weight": max(1, 100 - rank),
+                    "preference": {
+                        "matchExpressions": [{"key": label, "operator": "In", "values": [model]}]
+                    },
+                }
+            )

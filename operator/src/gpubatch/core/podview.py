@@ -1,0 +1,135 @@
+"""A task pod reduced to what the planner needs, extracted once per pod event.
+
+The operator keeps one of these per task pod in its in-memory index instead of whole pod objects:
+a pod is ~5 KiB of JSON, a PodView a few hundred bytes, and the planner reads only these fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from gpubatch.api.names import (
+    ANNOTATION_STOP_REASON,
+    FINALIZER_TRACKING,
+    LABEL_ATTEMPT,
+    LABEL_BATCH_UID,
+    LABEL_TASK_INDEX,
+)
+
+TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
+#: Pod status reasons that mean the pod was taken away, not that the task failed.
+DISRUPTION_REASONS: Final = frozenset(
+    {
+        "Evicted",
+        "Preempting",
+        "Preempted",
+        "NodeLost",
+        "NodeShutdown",
+        "Terminated",
+        "UnexpectedAdmissionError",
+        "DeletionByPodGC",
+        "DeletionByTaintManager",
+        "TerminationByKubelet",
+    }
+)
+
+
+def _timestamp(value: Any) -> float | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    """One attempt of one task, as last seen in the API."""
+
+    name: str
+    namespace: str
+    batch_uid: str
+    index: int
+    attempt: int
+    phase: str
+    node: str | None
+    deleting: bool
+    tracked: bool  # still carries our tracking finalizer
+    exit_code: int | None
+    message: str  # termination message of the task container (the worker's result record)
+    reason: str  # container or pod reason, e.g. Error, OOMKilled, Evicted, DeadlineExceeded
+    disruption: str | None  # why the pod was disrupted (DisruptionTarget condition), if it was
+    stop_reason: str | None  # set by the operator before it deletes a running pod on purpose
+    created_at: float | None
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def terminal(self) -> bool:
+        """Finished for good: Succeeded/Failed, or deleted before any node ran it (such a pod
+        stays Pending forever while a finalizer holds it, since no kubelet will ever end it)."""
+        return self.phase in TERMINAL_PHASES or (self.deleting and self.node is None)
+
+    @property
+    def scheduled(self) -> bool:
+        return self.node is not None
+
+    @property
+    def running(self) -> bool:
+        return self.phase == "Running" and not self.deleting
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.index, self.attempt)
+
+
+def pod_view(pod: dict[str, Any], task_container: str | None = None) -> PodView | None:
+    """Extract the PodView of a task pod; None for a pod that lacks our labels (not ours)."""
+    metadata = pod.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    try:
+        index = int(labels[LABEL_TASK_INDEX])
+        attempt = int(labels[LABEL_ATTEMPT])
+        batch_uid = str(labels[LABEL_BATCH_UID])
+    except (KeyError, ValueError):
+        return None
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    annotations = metadata.get("annotations") or {}
+
+    statuses = status.get("containerStatuses") or []
+    wanted = task_container or ((spec.get("containers") or [{}])[0].get("name"))
+    container = next(
+        (s for s in statuses if s.get("name") == wanted), statuses[0] if statuses else {}
+    )
+    terminated = (container.get("state") or {}).get("terminated") or {}
+
+    disruption = None
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            disruption = str(condition.get("reason") or "Disrupted")
+    pod_reason = str(status.get("reason") or "")
+    if disruption is None and pod_reason in DISRUPTION_REASONS:
+        disruption = pod_reason
+
+    return PodView(
+        name=str(metadata.get("name")),
+        namespace=str(metadata.get("namespace")),
+        batch_uid=batch_uid,
+        index=index,
+        attempt=attempt,
+        phase=str(status.get("phase") or "Pending"),
+        node=spec.get("nodeName") or None,
+        deleting=metadata.get("deletionTimestamp") is not None,
+        tracked=FINALIZER_TRACKING in (metadata.get("finalizers") or []),
+        exit_code=terminated.get("exitCode"),
+        message=str(terminated.get("message") or ""),
+        reason=str(terminated.get("reason") or pod_reason or ""),
+        disruption=disruption,
+        stop_reason=annotations.get(ANNOTATION_STOP_REASON),
+        created_at=_timestamp(metadata.get("creationTimestamp")),
+        started_at=_timestamp(terminated.get("startedAt") or status.get("startTime")),
+        finished_at=_timestamp(terminated.get("finishedAt")),
+    )

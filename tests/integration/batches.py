@@ -1,0 +1,185 @@
+"""Builders and observers for GPUBatch integration tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+from integration.kube import wait_for
+from testbed import Testbed
+
+GROUP, VERSION, PLURAL = "gpubatch.io", "v1alpha1", "gpubatches"
+
+
+def batch(
+    name: str,
+    *,
+    tasks: dict[str, Any] | None = None,
+    duration: str = "200ms",
+    annotations: dict[str, str] | None = None,
+    env: list[dict[str, str]] | None = None,
+    command: list[str] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    """A GPUBatch whose simulated task pods run `duration` (kwok Stage annotations)."""
+    container: dict[str, Any] = {
+        "name": "task",
+        "image": "registry.example.com/task:1",
+        "command": command or ["python", "task.py", "--index", "{index}"],
+    }
+    if env:
+        container["env"] = env
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "GPUBatch",
+        "metadata": {"name": name},
+        "spec": {
+            "tasks": tasks or {"range": {"start": 0, "stop": 10}},
+            "template": {
+                "metadata": {
+                    "annotations": {"sim.gpubatch.io/duration": duration, **(annotations or {})}
+                },
+                "spec": {"containers": [container]},
+            },
+            **spec,
+        },
+    }
+
+
+class Batches:
+    """GPUBatch operations in one namespace."""
+
+    def __init__(self, testbed: Testbed, namespace: str) -> None:
+        self.testbed = testbed
+        self.namespace = namespace
+        self.api = client.CustomObjectsApi(testbed.api_client())
+        self.core = testbed.core_v1()
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.api.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, body
+        )
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
+        )
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.get(name).get("status") or {}
+
+    def delete(self, name: str) -> None:
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        for cond in self.status(name).get("conditions") or []:
+            if cond["type"] == type_:
+                return cond
+        return None
+
+    def wait_condition(self, name: str, type_: str, *, timeout: float = 120) -> dict[str, Any]:
+        def met() -> dict[str, Any] | None:
+            cond = self.condition(name, type_)
+            return cond if cond and cond["status"] == "True" else None
+
+        return wait_for(
+            met,
+            timeout=timeout,
+            interval=0.25,
+            what=f"{type_}=True on GPUBatch {self.namespace}/{name}",
+        )
+
+    def pods(self) -> list[Any]:
+        return self.core.list_namespaced_pod(self.namespace).items
+
+    def gone(self, name: str) -> bool:
+        try:
+            self.get(name)
+        except ApiException as error:
+            return error.status == 404
+        return False
+
+
+class PodMonitor:
+    """Watches a namespace's pods and records invariant violations as they happen.
+
+    - two non-terminal attempts of one task at the same moment (a task running twice);
+    - the most pods Running at once, and the most waiting to be scheduled at once.
+    """
+
+    def __init__(self, testbed: Testbed, namespace: str) -> None:
+        self.testbed = testbed
+        self.namespace = namespace
+        self.live: dict[str, tuple[int, bool, bool]] = {}  # pod -> (task, running, unscheduled)
+        self.violations: list[str] = []
+        self.max_running = 0
+        self.max_unscheduled = 0
+        self.created: set[str] = set()
+        self.created_order: list[str] = []  # first-seen order of task pods
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PodMonitor:
+        self._thread.start()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        api = client.CoreV1Api(self.testbed.api_client())
+        while not self._stop.is_set():
+            stream = watch.Watch()
+            try:
+                for event in stream.stream(
+                    api.list_namespaced_pod, self.namespace, timeout_seconds=2
+                ):
+                    self._on(event["type"], event["object"])
+                    if self._stop.is_set():
+                        break
+            except Exception:  # the API server may be restarted by a chaos test
+                time.sleep(0.2)
+            finally:
+                stream.stop()
+
+    def _on(self, kind: str, pod: Any) -> None:
+        name = pod.metadata.name
+        labels = pod.metadata.labels or {}
+        if "gpubatch.io/task-index" not in labels:
+            return
+        if name not in self.created:
+            self.created.add(name)
+            self.created_order.append(name)
+        task = int(labels["gpubatch.io/task-index"])
+        terminal = pod.status.phase in ("Succeeded", "Failed")
+        if kind == "DELETED" or terminal:
+            self.live.pop(name, None)
+        else:
+            running = pod.status.phase == "Running"
+            self.live[name] = (task, running, pod.spec.node_name is None)
+        per_task: dict[int, list[str]] = defaultdict(list)
+        for pod_name, (index, _, _) in self.live.items():
+            per_task[index].append(pod_name)
+        for index, names in per_task.items():
+            if len(names) > 1:
+                self.violations.append(f"task {index} has {sorted(names)} alive at once")
+        self.max_running = max(self.max_running, sum(r for _, r, _ in self.live.values()))
+        self.max_unscheduled = max(self.max_unscheduled, sum(u for _, _, u in self.live.values()))
+
+
+def pods_with_finalizer(batches: Batches) -> list[str]:
+    return [
+        p.metadata.name
+        for p in batches.pods()
+        if "gpubatch.io/task-tracking" in (p.metadata.finalizers or [])
+    ]
