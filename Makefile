@@ -59,10 +59,8 @@ testbed-down: venv ## stop the local test bed
 	@PYTHONPATH=tests $(PY) -m testbed down
 
 .PHONY: demo
-demo: testbed-up ## the main job on a local default: test bed up, GPU nodes shown
-	@export KUBECONFIG=$$(PYTHONPATH=tests $(PY) -m testbed up 2>/dev/null | sed -n 's/^export KUBECONFIG=//p'); \
-	 BIN=$$(bash tests/testbed/testbin.sh --print); \
-	 $$BIN/kubectl get nodes -o custom-columns='NODE:.metadata.name,GPUS:.status.allocatable.nvidia\.com/gpu,MODEL:.metadata.labels.nvidia\.com/gpu\.product,READY:.status.conditions[?(@.type=="Ready")].status'
+demo: venv testbin ## the main job on a local default: test bed + operator + a demo batch on mixed fake GPUs
+	@PYTHONPATH=tests $(PY) -m testbed demo
 
 .PHONY: clean
 clean: ## remove the venv and caches (not the Go binary cache)

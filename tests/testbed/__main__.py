@@ -8,12 +8,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-from testbed.controlplane import REPO, Testbed, TestbedConfig
+from testbed.controlplane import REPO, Testbed, TestbedConfig, env_with_kubeconfig
 from testbed.nodes import GpuNodePool
 
 
@@ -59,11 +63,87 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_POOLS = [
+    GpuNodePool(name="fast", count=2, gpus=8, model="NVIDIA-H100-80GB-HBM3"),
+    GpuNodePool(name="slow", count=2, gpus=8, model="Tesla-T4"),
+]
+
+
+def _operator_alive(folder: Path) -> bool:
+    pid_file = folder / "operator.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    return True
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Test bed (mixed GPUs) + CRD + operator in the background + the demo batch, watched."""
+    folder = state_dir()
+    if not (folder / "state.json").exists():
+        bed = Testbed.create(TestbedConfig(node_pools=DEMO_POOLS), workdir=folder, tied=False)
+        seconds = bed.start()
+        print(f"# test bed up in {seconds:.1f}s: {bed.summary()}", file=sys.stderr)
+    bed = Testbed.from_state(folder)
+    bed.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "gpubatches.gpubatch.io.yaml"))
+    bed.kubectl("wait", "--for=condition=Established", "crd/gpubatches.gpubatch.io")
+    if not _operator_alive(folder):
+        log = (folder / "logs" / "operator.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gpubatch.controller.main", "--metrics-port=0", "--liveness="],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env_with_kubeconfig(bed),
+            start_new_session=True,
+        )
+        (folder / "operator.pid").write_text(str(process.pid))
+        print(
+            f"# operator started (pid {process.pid}, log {folder / 'logs' / 'operator.log'})",
+            file=sys.stderr,
+        )
+    batch = REPO / "examples" / "demo-testbed.yaml"
+    bed.kubectl("delete", "-f", str(batch), "--ignore-not-found", "--wait=true")
+    bed.kubectl("apply", "-f", str(batch))
+    print(f"# applied {batch.relative_to(REPO)}; watching it:", file=sys.stderr)
+    began = time.monotonic()
+    while True:
+        line = bed.kubectl("get", "gpub", "demo-shots", "--no-headers").stdout.strip()
+        print(f"  {line}", file=sys.stderr)
+        done = bed.kubectl(
+            "get",
+            "gpub",
+            "demo-shots",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='Complete')].status}",
+        ).stdout
+        if done == "True" or time.monotonic() - began > args.timeout:
+            break
+        time.sleep(2)
+    print(bed.kubectl("get", "gpub", "demo-shots").stdout)
+    stats = bed.kubectl("get", "gpub", "demo-shots", "-o", "json").stdout
+    status = json.loads(stats).get("status") or {}
+    print("per-GPU-model statistics (succeeded tasks):")
+    for model in status.get("gpuModels") or []:
+        print(
+            f"  {model['model']:<24} tasks {model['succeeded']:>4}   "
+            f"mean {model.get('meanSeconds') or 0:.2f}s   p95 {model.get('p95Seconds') or 0:.2f}s"
+        )
+    print(f"\nexport KUBECONFIG={bed.kubeconfig}   # then: kubectl get gpub; make testbed-down")
+    return 0 if done == "True" else 1
+
+
 def cmd_down(_: argparse.Namespace) -> int:
     folder = state_dir()
     if not (folder / "state.json").exists():
         print("# no test bed running", file=sys.stderr)
         return 0
+    if _operator_alive(folder):
+        os.kill(int((folder / "operator.pid").read_text()), signal.SIGTERM)
+        time.sleep(1)
     Testbed.from_state(folder).destroy()
     print(f"# test bed stopped and {folder} removed", file=sys.stderr)
     return 0
@@ -92,10 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="NAME:COUNT:GPUS[:MODEL] node pool (repeatable; overrides --nodes)",
     )
-    sub.add_parser("down", help="stop the test bed and remove its folder")
+    demo = sub.add_parser("demo", help="test bed + operator + the demo batch, watched")
+    demo.add_argument("--timeout", type=float, default=300, help="seconds to watch (300)")
+    sub.add_parser("down", help="stop the test bed (and a demo operator), remove its folder")
     sub.add_parser("status", help="say which components are up")
     args = parser.parse_args(argv)
-    return {"up": cmd_up, "down": cmd_down, "status": cmd_status}[args.command](args)
+    commands = {"up": cmd_up, "demo": cmd_demo, "down": cmd_down, "status": cmd_status}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
