@@ -22,6 +22,7 @@ class OperatorProcess:
     testbed: Testbed
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
+    kubeconfig: Path | None = None  # default: the test bed's admin kubeconfig
     process: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
     starts: int = 0
@@ -45,7 +46,9 @@ class OperatorProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env_with_kubeconfig(self.testbed),
+            env=env_with_kubeconfig(
+                self.testbed, [("KUBECONFIG", str(self.kubeconfig))] if self.kubeconfig else []
+            ),
             preexec_fn=_die_with_parent,
         )
         log.close()
@@ -87,6 +90,21 @@ class OperatorProcess:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             return response.read().decode()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the running operator process, from /proc."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def peak_rss_mib(self) -> float:
+        """Peak resident memory (VmHWM) of the running operator process."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
 
     def log_tail(self, lines: int = 60) -> str:
         try:

@@ -153,8 +153,47 @@ def generate(folder: Path) -> CertPaths:
     return paths
 
 
+def client_certificate(
+    certs: CertPaths, folder: Path, user: str, groups: tuple[str, ...] = ()
+) -> tuple[Path, Path]:
+    """A client certificate for `user` (CN) in `groups` (O), signed by the test bed's CA.
+
+    Lets a test or benchmark give one client its own identity, e.g. to count its requests in
+    the audit log or to check RBAC.
+    """
+    ca_key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
+    key = _key()
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+    attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in groups]
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attrs))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / f"{user}.crt", folder / f"{user}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, key_path)
+    return cert_path, key_path
+
+
 def write_kubeconfig(
-    path: Path, server: str, certs: CertPaths, user: str = "testbed-admin"
+    path: Path,
+    server: str,
+    certs: CertPaths,
+    user: str = "testbed-admin",
+    client: tuple[Path, Path] | None = None,
 ) -> None:
     """A kubeconfig that points at `server` with the admin client certificate (absolute paths)."""
     config = {
@@ -170,8 +209,8 @@ def write_kubeconfig(
             {
                 "name": user,
                 "user": {
-                    "client-certificate": str(certs.admin_cert),
-                    "client-key": str(certs.admin_key),
+                    "client-certificate": str(client[0] if client else certs.admin_cert),
+                    "client-key": str(client[1] if client else certs.admin_key),
                 },
             }
         ],

@@ -58,6 +58,9 @@ class TestbedConfig:
     controller_manager_burst: int = 30
     scheduler_qps: int = 200
     scheduler_burst: int = 400
+    # Users whose requests kube-apiserver writes to an audit log (one JSON line per request),
+    # so a benchmark can count exactly the API calls one client made.
+    audit_users: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -78,6 +81,17 @@ class Testbed:
     @property
     def kubeconfig(self) -> Path:
         return self.workdir / "kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "logs" / "audit.log"
+
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ("system:masters",)) -> Path:
+        """A kubeconfig for a client with its own identity (`user`, in `groups`)."""
+        client = certs.client_certificate(self.certs, self.workdir / "pki", user, groups)
+        path = self.workdir / f"kubeconfig-{user}"
+        certs.write_kubeconfig(path, self.server, self.certs, user=user, client=client)
+        return path
 
     @property
     def server(self) -> str:
@@ -237,6 +251,24 @@ class Testbed:
                 "--node-ip=10.255.0.1",
             ],
         }
+        if self.config.audit_users:
+            policy = w / "audit-policy.yaml"
+            policy.write_text(yaml.safe_dump({
+                "apiVersion": "audit.k8s.io/v1",
+                "kind": "Policy",
+                "omitStages": ["RequestReceived", "ResponseStarted"],
+                "rules": [
+                    {"level": "Metadata", "users": list(self.config.audit_users)},
+                    {"level": "None"},
+                ],
+            }))
+            argvs["kube-apiserver"] += [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=batch",
+                "--audit-log-batch-max-wait=1s",
+            ]
         for name, argv in argvs.items():
             self.components[name] = Component(
                 name=name, argv=argv, log_path=logs / f"{name}.log", tied=self.tied

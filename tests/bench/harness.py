@@ -1,0 +1,243 @@
+"""Shared machinery for benchmarks and chaos runs: a test bed, the operator, a pod watcher.
+
+Every scenario runs its systems side by side on the same test bed in the same run, so results
+are compared as ratios on one noisy machine, never against numbers from another run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, watch
+
+from integration.operator_process import OperatorProcess
+from testbed import GpuNodePool, Testbed, TestbedConfig
+
+OPERATOR_USER = "gpubatch-operator"
+
+
+@dataclass
+class PodTimeline:
+    """Wall-clock times (monotonic) at which the watcher saw each pod appear and finish."""
+
+    added: dict[str, float] = field(default_factory=dict)
+    finished: dict[str, float] = field(default_factory=dict)
+    order: list[tuple[float, str, str]] = field(default_factory=list)  # (t, kind, pod)
+
+    def creation_rate(self) -> float:
+        """Pods per second between the first and the last pod seen created."""
+        times = sorted(self.added.values())
+        if len(times) < 2 or times[-1] == times[0]:
+            return float("nan")
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    def reaction_latencies(self) -> list[float]:
+        """For each finish, the delay until the next pod was created (FIFO pairing)."""
+        latencies: list[float] = []
+        pending: list[float] = []
+        for t, kind, _ in sorted(self.order):
+            if kind == "finished":
+                pending.append(t)
+            elif kind == "added" and pending:
+                latencies.append(t - pending.pop(0))
+        return latencies
+
+
+class PodWatcher:
+    """Watches one namespace's pods from a thread and builds a PodTimeline."""
+
+    def __init__(self, testbed: Testbed, namespace: str) -> None:
+        self.api = client.CoreV1Api(testbed.api_client())
+        self.namespace = namespace
+        self.timeline = PodTimeline()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PodWatcher:
+        self._thread.start()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            stream = watch.Watch()
+            try:
+                for event in stream.stream(
+                    self.api.list_namespaced_pod,
+                    self.namespace,
+                    timeout_seconds=2,
+                    _preload_content=True,
+                ):
+                    self._on(event["object"])
+                    if self._stop.is_set():
+                        break
+            except Exception:  # chaos runs restart the API server under us
+                time.sleep(0.2)
+            finally:
+                stream.stop()
+
+    def _on(self, pod: Any) -> None:
+        now = time.monotonic()
+        name = pod.metadata.name
+        t = self.timeline
+        if name not in t.added:
+            t.added[name] = now
+            t.order.append((now, "added", name))
+        if pod.status.phase in ("Succeeded", "Failed") and name not in t.finished:
+            t.finished[name] = now
+            t.order.append((now, "finished", name))
+
+
+@dataclass
+class BenchEnv:
+    """A test bed plus an operator with its own identity (so its API calls can be counted)."""
+
+    testbed: Testbed
+    operator: OperatorProcess
+
+    def namespace(self, prefix: str) -> str:
+        name = f"{prefix}-{int(time.time() * 1000) % 10_000_000}"
+        return self.testbed.create_namespace(name)
+
+    def audited_requests(self) -> int:
+        """Requests the operator has made so far (kube-apiserver's audit log)."""
+        time.sleep(1.5)  # the audit log is written in batches of at most 1 s
+        path = self.testbed.audit_log
+        if not path.exists():
+            return 0
+        count = 0
+        with path.open() as lines:
+            for line in lines:
+                if f'"username":"{OPERATOR_USER}"' in line:
+                    count += 1
+        return count
+
+
+@contextmanager
+def bench_env(
+    workdir: Path, pools: list[GpuNodePool], *, operator_args: list[str] = ()
+) -> Iterator[BenchEnv]:
+    bed = Testbed.create(
+        TestbedConfig(node_pools=pools, audit_users=[OPERATOR_USER]), workdir=workdir
+    )
+    bed.start()
+    try:
+        crd = Path(__file__).resolve().parents[2] / "crds" / "gpubatches.gpubatch.io.yaml"
+        bed.kubectl("apply", "--server-side", "-f", str(crd))
+        bed.kubectl("wait", "--for=condition=Established", "crd/gpubatches.gpubatch.io")
+        operator = OperatorProcess(
+            testbed=bed,
+            log_path=workdir / "operator.log",
+            extra_args=list(operator_args),
+            kubeconfig=bed.user_kubeconfig(OPERATOR_USER),
+        )
+        operator.start()
+        try:
+            yield BenchEnv(testbed=bed, operator=operator)
+        finally:
+            operator.stop()
+    finally:
+        bed.destroy()
+
+
+def wait_batch(bed: Testbed, namespace: str, name: str, timeout: float) -> dict[str, Any]:
+    """Wait until the batch is Complete or Failed; return its final object."""
+    api = client.CustomObjectsApi(bed.api_client())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        obj = api.get_namespaced_custom_object(
+            "gpubatch.io", "v1alpha1", namespace, "gpubatches", name
+        )
+        for cond in (obj.get("status") or {}).get("conditions") or []:
+            if cond["type"] in ("Complete", "Failed") and cond["status"] == "True":
+                return dict(obj)
+        time.sleep(0.2)
+    raise TimeoutError(f"batch {namespace}/{name} not finished after {timeout}s")
+
+
+def wait_job(bed: Testbed, namespace: str, name: str, timeout: float) -> dict[str, Any]:
+    api = client.BatchV1Api(bed.api_client())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.read_namespaced_job(name, namespace)
+        for cond in job.status.conditions or []:
+            if cond.type in ("Complete", "Failed") and cond.status == "True":
+                return {"succeeded": job.status.succeeded, "failed": job.status.failed}
+        time.sleep(0.2)
+    raise TimeoutError(f"job {namespace}/{name} not finished after {timeout}s")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def gpu_pod_spec(durations: str | None = None, duration: str = "50ms") -> dict[str, Any]:
+    annotations = {"sim.gpubatch.io/duration": duration}
+    if durations is not None:
+        annotations["sim.gpubatch.io/durations"] = durations
+    return {
+        "metadata": {"annotations": annotations},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "task",
+                    "image": "registry.example.com/task:1",
+                    "command": ["python", "task.py"],
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                }
+            ],
+        },
+    }
+
+
+async def raw_create_ceiling(
+    bed: Testbed, namespace: str, count: int, concurrency: int = 32
+) -> float:
+    """Pods/s a minimal async client reaches creating `count` pods (nobody schedules them)."""
+    from gpubatch.edges.kube import ApiEndpoint, KubeClient
+
+    c = bed.certs
+    endpoint = ApiEndpoint(
+        server=bed.server,
+        ca_path=str(c.ca_cert),
+        certificate_path=str(c.admin_cert),
+        private_key_path=str(c.admin_key),
+    )
+    async with KubeClient(endpoint, concurrency=concurrency) as kube:
+
+        def pod(i: int) -> dict[str, Any]:
+            return {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"raw-{i}"},
+                "spec": {
+                    "schedulerName": "nobody",
+                    "containers": [{"name": "c", "image": "registry.example.com/task:1"}],
+                },
+            }
+
+        began = time.monotonic()
+        await asyncio.gather(*(kube.create_pod(namespace, pod(i)) for i in range(count)))
+        return count / (time.monotonic() - began)
+
+
+def object_size(bed: Testbed, namespace: str, name: str) -> int:
+    out = bed.kubectl("-n", namespace, "get", "gpub", name, "-o", "json").stdout
+    return len(json.dumps(json.loads(out), separators=(",", ":")).encode())
