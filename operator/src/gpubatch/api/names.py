@@ -33,4 +33,3 @@ DEFAULT_GPU_RESOURCE: Final = "nvidia.com/gpu"
 # Set by the operator on a running pod just before it deletes it on purpose (task deadline, batch
 # stopped), so the recorded outcome says why instead of looking like a disruption.
 ANNOTATION_STOP_REASON: Final = f"{PREFIX}stop-reason"
-ANNOTATION_PARAMS: Final = f"{PREFIX}params"

@@ -3,7 +3,7 @@
 - an index of task pods (server-side label selector: only pods carrying our batch-uid label are
   ever sent to the operator), each reduced to a PodView;
 - an index of node labels (for the GPU model of a pod's node);
-- a pod event handler that wakes the pod's batch, and a batch event handler that wakes it on
+- the pod index wakes the pod's batch on every pod event, and a batch event handler wakes it on
   spec edits;
 - one daemon per GPUBatch running its reconcile loop;
 - a delete handler that releases the batch's pods, so deleting a batch never leaves pods hanging
@@ -73,6 +73,21 @@ def _endpoint(info: kopf.ConnectionInfo) -> ApiEndpoint:
     )
 
 
+class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotation diff-base, minus the deep copy of every pod on every event.
+
+    kopf builds the "essence" of each object on each event for change detection, but only
+    GPUBatches have change-detecting handlers (on.delete); for pods the deep copy was the single
+    largest cost of the operator (profiled: ~13% of its CPU at 2k tasks). Pods get an empty
+    essence, which nothing reads.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if LABEL_BATCH_UID in (body.get("metadata", {}).get("labels") or {}):  # a task pod
+            return kopf.BodyEssence()
+        return super().build(body=body, extra_fields=extra_fields)
+
+
 @kopf.on.login(id="login")
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In-cluster service account first, then KUBECONFIG; our client shares the credentials."""
@@ -87,7 +102,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     prefix = GROUP
     settings.persistence.finalizer = f"{prefix}/cleanup"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(
         prefix=prefix, key="last-handled-configuration"
     )
     # Only our task pods reach the operator: the selector is applied by the API server.
@@ -117,25 +132,30 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.index("v1", "pods", id="task_pods", labels={LABEL_BATCH_UID: kopf.PRESENT})
-def task_pods(body: kopf.Body, **_: Any) -> dict[str, PodView] | None:
+async def task_pods(body: kopf.Body, **_: Any) -> dict[str, PodView] | None:
+    """Keep a PodView per task pod, and wake its batch.
+
+    Waking from the index handler (instead of a separate event handler) halves kopf's per-event
+    work: at 10k pods and ~6 events each, kopf's handler overhead dominates the operator's CPU.
+    The reconcile reads the index after a short coalescing delay, by when kopf has stored the
+    value returned here. Async, because kopf runs sync handlers in a thread pool.
+    """
     view = pod_view(dict(body))
-    return None if view is None else {view.batch_uid: view}
+    if view is None:
+        return None
+    runtime = STATE.runtimes.get(view.batch_uid)
+    if runtime is not None:
+        runtime.wake()
+    return {view.batch_uid: view}
 
 
 @kopf.index("v1", "nodes", id="node_labels")
-def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+async def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
     return {name: dict(labels)}
 
 
-@kopf.on.event("v1", "pods", id="wake_batch", labels={LABEL_BATCH_UID: kopf.PRESENT})
-def wake_batch(labels: kopf.Labels, **_: Any) -> None:
-    runtime = STATE.runtimes.get(labels.get(LABEL_BATCH_UID, ""))
-    if runtime is not None:
-        runtime.wake()
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL, id="wake_on_batch_change")
-def wake_on_batch_change(uid: str, **_: Any) -> None:
+async def wake_on_batch_change(uid: str, **_: Any) -> None:
     """A spec edit (suspend, parallelism, ...) must act now, not at the next pod event."""
     runtime = STATE.runtimes.get(uid)
     if runtime is not None:

@@ -19,13 +19,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from gpubatch.api.names import FINALIZER_TRACKING, LABEL_BATCH_UID
-from gpubatch.api.status import GPUBatchStatus
+from gpubatch.api.names import ANNOTATION_STOP_REASON, FINALIZER_TRACKING, LABEL_BATCH_UID
+from gpubatch.api.status import ConditionType, GPUBatchStatus, Reason
 from gpubatch.controller.metrics import Metrics
 from gpubatch.controller.taskload import LoadedTasks, ScanResult, load_tasks, scan_outputs
+from gpubatch.core.conditions import set_condition
 from gpubatch.core.errors import SpecError, TaskSpecError
 from gpubatch.core.indexset import IndexSet
-from gpubatch.core.planner import Event, Limits, Observation, Plan, TaskAttempt, plan, ttl_expired
+from gpubatch.core.planner import (
+    DispatchOrder,
+    Event,
+    Limits,
+    Observation,
+    Plan,
+    TaskAttempt,
+    plan,
+    ttl_expired,
+)
 from gpubatch.core.podspec import BatchRef, render_pod
 from gpubatch.core.podview import PodView
 from gpubatch.edges.kube import ApiError, KubeClient
@@ -187,7 +197,7 @@ class Reconciler:
             total=loaded.total,
             status=status,
             pods=views,
-            order=loaded.order or _empty_order(),
+            order=loaded.order or DispatchOrder(0),
             cursor=runtime.cursor,
             in_flight=frozenset(runtime.in_flight),
             outputs_exist=outputs_exist,
@@ -214,17 +224,18 @@ class Reconciler:
         self, runtime: BatchRuntime, generation: int, message: str, post_event: PostEvent
     ) -> None:
         """A spec that does not even parse: Failed/InvalidSpec and an Event, nothing else."""
-        from gpubatch.core.conditions import set_condition  # local: only this rare path
-
         status = runtime.status or GPUBatchStatus()
         new = status.model_copy(deep=True)
         now = datetime.now(UTC)
-        changed = set_condition(new, "Failed", "True", "InvalidSpec", message, now, generation)
-        set_condition(new, "Progressing", "False", "InvalidSpec", message, now, generation)
+        invalid = Reason.INVALID_SPEC
+        changed = set_condition(
+            new, ConditionType.FAILED, "True", invalid, message, now, generation
+        )
+        set_condition(new, ConditionType.PROGRESSING, "False", invalid, message, now, generation)
         new.observed_generation = generation
         await self._write_status(runtime, new)
         if changed:
-            post_event(Event("Warning", "InvalidSpec", message[:1024]))
+            post_event(Event("Warning", invalid, message[:1024]))
 
     # --------------------------------------------------------------------------- apply
     async def apply(
@@ -235,7 +246,6 @@ class Reconciler:
         post_event: PostEvent,
         woken_at: float | None,
     ) -> None:
-        ref = runtime.ref
         # 1. Status first: only a recorded outcome may release its pod.
         await self._write_status(runtime, decided.status)
         runtime.cursor = decided.cursor
@@ -247,7 +257,10 @@ class Reconciler:
         # 3. Stop pods on purpose: say why, then delete.
         await _gather(self._stop(p, reason) for p, reason in decided.stop)
         # 4. Clean up finished pods.
-        await _gather(self.client.delete_pod(p.namespace, p.name) for p in decided.delete)
+        # Their containers have exited: no grace period to wait for, and no kubelet round trip.
+        await _gather(
+            self.client.delete_pod(p.namespace, p.name, grace_seconds=0) for p in decided.delete
+        )
         # 5. Create the next attempts.
         if decided.create:
             await self._create(runtime, decided.create, loaded)
@@ -256,7 +269,6 @@ class Reconciler:
                 self.metrics.reaction_seconds.observe(time.monotonic() - woken_at)
         for event in decided.events:
             post_event(event)
-        del ref
 
     async def _write_status(self, runtime: BatchRuntime, status: GPUBatchStatus) -> None:
         if runtime.status is not None and _dump(status) == _dump(runtime.status):
@@ -267,7 +279,9 @@ class Reconciler:
         runtime.status = status
 
     async def _stop(self, pod: PodView, reason: str) -> None:
-        if await self.client.annotate_pod(pod.namespace, pod.name, {_STOP: reason}):
+        if await self.client.annotate_pod(
+            pod.namespace, pod.name, {ANNOTATION_STOP_REASON: reason}
+        ):
             await self.client.delete_pod(pod.namespace, pod.name)
 
     async def _create(
@@ -313,17 +327,8 @@ class Reconciler:
         await _gather(create(a, pod) for a, pod in manifests)
 
 
-_STOP = "gpubatch.io/stop-reason"
-
-
 def _dump(status: GPUBatchStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True)
-
-
-def _empty_order() -> Any:
-    from gpubatch.core.planner import DispatchOrder
-
-    return DispatchOrder(0)
 
 
 async def _gather(calls: Iterable[Awaitable[Any]]) -> None:
