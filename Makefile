@@ -46,8 +46,17 @@ integration: venv testbin ## tests against the real control plane test bed
 	$(PYTEST) -m integration -q
 
 .PHONY: test
-test: venv testbin lint ## everything CI runs: lint, unit and integration tests
-	$(PYTEST) -m "unit or integration" -q
+test: venv testbin lint ## everything CI runs: lint, unit, integration and benchmark-smoke tests
+	$(PYTEST) -m "unit or integration or bench" -q
+
+# --- benchmarks and chaos (results: tests/bench/results/, quoted in BENCHMARKS.md) ----------
+.PHONY: bench
+bench: venv testbin ## full-size benchmarks: gpubatch vs Indexed Job vs raw client (tens of minutes)
+	cd tests && ../$(PY) -m bench
+
+.PHONY: chaos
+chaos: venv testbin ## chaos runs: SIGKILL the operator, restart apiserver/etcd, delete a node
+	cd tests && ../$(PY) -m bench.chaos --tasks 2000
 
 # --- the test bed for people -----------------------------------------------------------------
 .PHONY: testbed-up

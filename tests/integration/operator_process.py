@@ -23,6 +23,7 @@ class OperatorProcess:
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
     kubeconfig: Path | None = None  # default: the test bed's admin kubeconfig
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. object-storage settings
     process: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
     starts: int = 0
@@ -47,7 +48,11 @@ class OperatorProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env_with_kubeconfig(
-                self.testbed, [("KUBECONFIG", str(self.kubeconfig))] if self.kubeconfig else []
+                self.testbed,
+                [
+                    *([("KUBECONFIG", str(self.kubeconfig))] if self.kubeconfig else []),
+                    *self.extra_env.items(),
+                ],
             ),
             preexec_fn=_die_with_parent,
         )
