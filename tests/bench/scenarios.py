@@ -35,8 +35,8 @@ from testbed import GpuNodePool
 class Scale:
     dispatch_tasks: int = 10_000
     makespan_tasks: int = 10_000
-    mean_seconds: float = 0.5
-    mixed_tasks: int = 2_000
+    mean_seconds: float = 2.0
+    mixed_tasks: int = 1_000
     cost_manifest_tasks: int = 100_000
     scan_outputs: int = 100_000
     s3_outputs: int = 10_000
@@ -224,8 +224,11 @@ def mixed_gpus(scale: Scale, workdir: Path) -> dict[str, Any]:
         GpuNodePool(name="fast", count=4, gpus=8, model=fast),
         GpuNodePool(name="slow", count=4, gpus=8, model=slow),
     ]
-    template = gpu_pod_spec(duration="500ms")
-    template["metadata"]["annotations"]["sim.gpubatch.io/slow-duration"] = "1000ms"
+    # Long enough that the GPUs, not this 2-core machine's pod pipeline, are the bottleneck:
+    # 32/5 s + 32/10 s = 9.6 tasks/s of GPU capacity, well below the ~35 pods/s pipeline.
+    seconds = 0.5 if scale is SMOKE else 5.0
+    template = gpu_pod_spec(duration=f"{seconds * 1000:.0f}ms")
+    template["metadata"]["annotations"]["sim.gpubatch.io/slow-duration"] = f"{seconds * 2000:.0f}ms"
     with bench_env(workdir, pools) as env:
         dyn_s, _, obj, _ = _run_batch(
             env,

@@ -320,6 +320,7 @@ def batch(**raw) -> dict:
                     {
                         "name": "t",
                         "image": "registry.example.com/t:1",
+                        "command": ["convert"],
                         "args": ["{img}", "{outputs[0]}"],
                     }
                 ]

@@ -34,7 +34,7 @@ from gpubatch.core.prepare import parse_spec
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+EXAMPLES = sorted((REPO / "examples").glob("[a-e]-*.yaml"))
 
 
 def minimal(**overrides: Any) -> dict[str, Any]:
@@ -231,6 +231,8 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
         S.MSG_RESTART_POLICY,
     ),
     ("unknown task container", minimal(taskContainer="main"), S.MSG_TASK_CONTAINER),
+    ("cpu as gpu resource", minimal(gpuResource="cpu"), S.MSG_GPU_RESOURCE),
+    ("kubernetes.io gpu resource", minimal(gpuResource="kubernetes.io/gpu"), S.MSG_GPU_RESOURCE),
     ("dotdot output", minimal(outputs=["/out/../etc/{shot}"]), S.MSG_OUTPUT_DOTDOT),
     ("relative output without root", minimal(outputs=["out/{shot}.npy"]), S.MSG_OUTPUT_ABSOLUTE),
     ("relative output root", minimal(outputRoot="data/out"), S.MSG_OUTPUT_ROOT),

@@ -269,3 +269,39 @@ def test_placeholder_led_output_must_render_absolute_without_root():
 def test_duplicate_slashes_are_collapsed_in_outputs():
     s = spec(outputs=["/out//{f.stem}.obj"])
     assert TaskRenderer(s, ["f"]).outputs(Task(0, {"f": "/in/a.png"})) == ("/out/a.obj",)
+
+
+@pytest.mark.parametrize("arg", ["'{p}'", '"{p}"', "--x='a {p}'", 'echo "{p}'])
+def test_shell_mode_refuses_a_placeholder_inside_the_users_own_quotes(arg):
+    from gpubatch.core.errors import SpecError
+    from gpubatch.core.prepare import prepare_batch
+
+    spec = {
+        "tasks": {"items": [{"p": "; touch /tmp/x #"}]},
+        "worker": {"shell": True},
+        "template": {
+            "spec": {
+                "containers": [{"name": "t", "image": "i", "command": ["python", "t.py", arg]}]
+            }
+        },
+    }
+    with pytest.raises(SpecError, match="inside"):
+        prepare_batch(spec)
+
+
+def test_shell_mode_allows_quotes_that_close_before_the_placeholder():
+    import shlex
+
+    from gpubatch.core.prepare import prepare_batch
+
+    spec = {
+        "tasks": {"items": [{"p": "; touch /tmp/x #"}]},
+        "worker": {"shell": True},
+        "template": {
+            "spec": {
+                "containers": [{"name": "t", "image": "i", "command": ["echo", "'a b'", "{p}"]}]
+            }
+        },
+    }
+    rendered = prepare_batch(spec).render(0)
+    assert shlex.split(" ".join(rendered.command or ())) == ["echo", "a b", "; touch /tmp/x #"]

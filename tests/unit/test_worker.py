@@ -321,6 +321,24 @@ def test_atomic_output_of_a_failed_command_is_never_promoted(tmp_path: Path) -> 
     assert not Path(partial_path(str(final))).exists()  # the half-written file is removed
 
 
+def test_failed_attempt_removes_the_outputs_it_wrote_so_a_retry_does_not_skip(
+    tmp_path: Path,
+) -> None:
+    made = tmp_path / "made-by-this-attempt.bin"
+    kept = tmp_path / "existed-before.bin"
+    kept.write_text("from an earlier run")
+    writer = """
+        import json, os, sys
+        for path in json.loads(os.environ["GPUBATCH_OUTPUTS"]):
+            open(path, "a").write("half")
+        sys.exit(3)
+    """
+    run = run_worker(tmp_path, py(writer), outputs=outputs_env(made, kept))
+    assert run.returncode == 3
+    assert not made.exists()  # half-written by the failed attempt: gone
+    assert kept.exists()  # existed before the attempt: never touched
+
+
 def test_stale_partial_of_a_killed_attempt_is_not_promoted(tmp_path: Path) -> None:
     final = tmp_path / "clip.mp4"
     Path(partial_path(str(final))).write_text("half of an earlier attempt")

@@ -33,3 +33,6 @@ DEFAULT_GPU_RESOURCE: Final = "nvidia.com/gpu"
 # Set by the operator on a running pod just before it deletes it on purpose (task deadline, batch
 # stopped), so the recorded outcome says why instead of looking like a disruption.
 ANNOTATION_STOP_REASON: Final = f"{PREFIX}stop-reason"
+# Names the task container on every task pod, so whoever reads the pod's outcome (the operator's
+# pod index, which never sees the batch spec) reads the right container's exit code and result.
+ANNOTATION_TASK_CONTAINER: Final = f"{PREFIX}task-container"

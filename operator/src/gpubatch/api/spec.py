@@ -103,6 +103,16 @@ MSG_OUTPUT_ABSOLUTE: Final = (
 MSG_OUTPUT_ROOT: Final = (
     "outputRoot must be an absolute path (/...) or a URL (s3://bucket/prefix) without '..' segments"
 )
+MSG_GPU_RESOURCE: Final = (
+    "gpuResource must be an extended resource name with a vendor domain, such as "
+    "nvidia.com/gpu or nvidia.com/mig-1g.10gb (not cpu, memory or a kubernetes.io/ resource)"
+)
+#: A domain-prefixed extended resource name (what device plugins advertise).
+GPU_RESOURCE_PATTERN: Final = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+    r"/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+_GPU_RESOURCE_RE: Final = re.compile(GPU_RESOURCE_PATTERN)
 MSG_MANIFEST_FORMAT: Final = (
     "set manifest.format (jsonl or csv): it cannot be inferred from the path's extension"
 )
@@ -128,6 +138,7 @@ VALIDATION_MESSAGES: Final = frozenset(
         MSG_OUTPUT_ABSOLUTE,
         MSG_OUTPUT_ROOT,
         MSG_MANIFEST_FORMAT,
+        MSG_GPU_RESOURCE,
     }
 )
 
@@ -695,6 +706,13 @@ class GPUBatchSpec(_SpecModel):
         description="The task pod template, like a Job's. command, args and env values of the "
         "task container may use placeholders."
     )
+
+    @field_validator("gpu_resource")
+    @classmethod
+    def _gpu_resource_form(cls, resource: str) -> str:
+        if not _GPU_RESOURCE_RE.match(resource) or resource.split("/")[0].endswith("kubernetes.io"):
+            raise ValueError(f"{resource!r}: {MSG_GPU_RESOURCE}")
+        return resource
 
     @field_validator("outputs")
     @classmethod

@@ -151,6 +151,7 @@ class Reconciler:
                 load_tasks, dict(body.get("spec") or {}), generation
             )
             runtime.api_spec_error = None
+            runtime.cursor = 0  # a new order (or task list) is walked from its start
         loaded = runtime.loaded
         if loaded.spec is None:
             await self._block_invalid(
@@ -301,6 +302,7 @@ class Reconciler:
                 runtime.wake()
             except SpecError as error:
                 runtime.api_spec_error = str(error)
+                runtime.cursor = 0  # the tasks passed over in this pass were never created
                 runtime.wake()
                 return
         now = time.monotonic()
@@ -310,8 +312,13 @@ class Reconciler:
         async def create(attempt: TaskAttempt, pod: dict[str, Any]) -> None:
             try:
                 await self.client.create_pod(runtime.ref.namespace, pod)
-            except ApiError as error:
+            except Exception as error:
                 runtime.in_flight.pop((attempt.index, attempt.attempt), None)
+                # The cursor already moved past this task; walk again from the start (attempted
+                # tasks are skipped by their status or pods, so nothing runs twice).
+                runtime.cursor = 0
+                if not isinstance(error, ApiError):
+                    raise
                 if error.status in (400, 422) or (
                     error.status == 403 and "exceeded quota" not in error.message
                 ):

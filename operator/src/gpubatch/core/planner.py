@@ -159,7 +159,8 @@ def plan(obs: Observation) -> Plan:
         state = retries.get(pod.index)
         return final(pod.index) or (state is not None and state.attempts > pod.attempt)
 
-    first_failure = not status.recent_failures and len(failed) == 0
+    # Counted failures only: recentFailures also lists disruptions, which are not failures.
+    first_failure = len(failed) == 0 and not any(m.failed for m in status.gpu_models)
 
     # 1. Is the batch runnable at all? An invalid spec or a changed task list stops dispatch.
     blocked: tuple[str, str] | None = None
@@ -319,9 +320,10 @@ def plan(obs: Observation) -> Plan:
             wakes.append(left)
     already_failed = _has_condition(obs.status, ConditionType.FAILED)
     if already_failed and failure is None:
-        # A Failed batch stays Failed unless it failed for an invalid spec that is now fixed.
+        # A Failed batch stays Failed unless it was blocked (an invalid spec, a changed task
+        # list) and the block is gone: the spec was fixed, or the task list restored.
         previous = next(c for c in obs.status.conditions if c.type == ConditionType.FAILED)
-        if previous.reason != Reason.INVALID_SPEC:
+        if previous.reason not in (Reason.INVALID_SPEC, Reason.TASK_LIST_CHANGED):
             failure = (previous.reason, previous.message)
 
     complete = failure is None and len(succeeded) + len(failed) + len(skipped) >= obs.total
@@ -372,6 +374,8 @@ def plan(obs: Observation) -> Plan:
                 out.cursor = len(obs.order)
         if out.create and status.start_time is None:
             status.start_time = now
+            if spec.active_deadline_seconds is not None:  # the first pass arms the deadline
+                wakes.append(float(spec.active_deadline_seconds))
         if out.create and not obs.pods and not obs.status.start_time:
             out.events.append(Event("Normal", "Started", f"dispatching {obs.total} tasks"))
 
@@ -485,7 +489,9 @@ def plan(obs: Observation) -> Plan:
         out.events.append(Event("Normal", "Resumed", "dispatching resumed"))
 
     out.finished = failure is not None or complete
-    if out.finished and status.completion_time is None and not active and not in_flight:
+    if not out.finished:
+        status.completion_time = None  # running again after a block was lifted
+    elif status.completion_time is None and not active and not in_flight:
         status.completion_time = now
     if out.finished and spec.ttl_seconds_after_finished is not None and status.completion_time:
         wakes.append(spec.ttl_seconds_after_finished - _since(now, status.completion_time))

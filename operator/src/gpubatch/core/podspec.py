@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from gpubatch.api.names import (
+    ANNOTATION_TASK_CONTAINER,
     FINALIZER_TRACKING,
     LABEL_ATTEMPT,
     LABEL_BATCH_NAME,
@@ -30,7 +31,6 @@ from gpubatch.api.names import (
 )
 from gpubatch.api.spec import GPUBatchSpec
 from gpubatch.api.taskenv import TaskEnvironment
-from gpubatch.core.errors import SpecError
 from gpubatch.core.partial import partial_paths
 from gpubatch.core.taskrender import RenderedTask
 
@@ -91,14 +91,7 @@ def render_pod(
     # The task container: rendered argv/env, the worker prefix, the task env, the GPU limit.
     container = task.apply(pod_spec["containers"][position])
     argv = [*(container.get("command") or []), *(container.get("args") or [])]
-    if spec.worker.wrap:
-        if not argv:
-            raise SpecError(
-                "worker.wrap runs the task's command through gpubatch-worker, so the task "
-                "container must set command (and optionally args); or set worker.wrap: false to "
-                "use the image's own entrypoint",
-                field=f"spec.template.spec.containers[{position}].command",
-            )
+    if spec.worker.wrap:  # TaskRenderer refused a wrapped container without a command
         container["command"] = [*WORKER_COMMAND, *argv]
         container.pop("args", None)
     environment = TaskEnvironment(
@@ -154,7 +147,10 @@ def render_pod(
             "name": pod_name(batch.name, task.index, attempt),
             "namespace": batch.namespace,
             "labels": labels,
-            "annotations": dict(metadata.get("annotations") or {}),
+            "annotations": {
+                **(metadata.get("annotations") or {}),
+                ANNOTATION_TASK_CONTAINER: container["name"],
+            },
             "finalizers": [FINALIZER_TRACKING],
             "ownerReferences": [
                 {

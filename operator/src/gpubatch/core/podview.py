@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from gpubatch.api.names import (
     ANNOTATION_STOP_REASON,
+    ANNOTATION_TASK_CONTAINER,
     FINALIZER_TRACKING,
     LABEL_ATTEMPT,
     LABEL_BATCH_UID,
@@ -100,7 +101,11 @@ def pod_view(pod: dict[str, Any], task_container: str | None = None) -> PodView 
     annotations = metadata.get("annotations") or {}
 
     statuses = status.get("containerStatuses") or []
-    wanted = task_container or ((spec.get("containers") or [{}])[0].get("name"))
+    wanted = (
+        task_container
+        or annotations.get(ANNOTATION_TASK_CONTAINER)
+        or (spec.get("containers") or [{}])[0].get("name")
+    )
     container = next(
         (s for s in statuses if s.get("name") == wanted), statuses[0] if statuses else {}
     )

@@ -109,8 +109,17 @@ class TaskRenderer:
                 compiled.append(template)
             return tuple(compiled)
 
+        if spec.worker.wrap and not container.command:
+            raise SpecError(
+                "worker.wrap runs the task's command through gpubatch-worker, so the task "
+                "container must set command (and optionally args); or set worker.wrap: false to "
+                "use the image's own entrypoint",
+                field=f"{where}.command",
+            )
         self._command = compile_list(container.command, "command")
         self._args = compile_list(container.args, "args")
+        if spec.worker.shell:
+            _refuse_quoted_placeholders([*(self._command or ()), *(self._args or ())])
         env: list[Template | None] = []
         for i, var in enumerate(container.env or []):
             if var.value is None:
@@ -205,6 +214,38 @@ class TaskRenderer:
                 "outputs inside it, or relative to it",
                 field=template.where,
             )
+
+
+def _refuse_quoted_placeholders(argv: Sequence[Template]) -> None:
+    """In shell mode each value is shell-quoted; inside the user's own quotes that quoting
+    would be undone ('{p}' with p = "'; rm -rf ~ #" closes the quote), so refuse it.
+
+    Follows the quoting state of the line the worker hands to /bin/sh (argv joined by spaces).
+    """
+    quote: str | None = None
+    for template in argv:
+        for segment in template.segments:
+            if not isinstance(segment, str):
+                if quote is not None:
+                    raise SpecError(
+                        f"placeholder inside {quote}-quotes in {template.source!r}: with "
+                        "worker.shell: true gpubatch quotes every substituted value itself, "
+                        "and a value inside your own quotes could end them and run as shell "
+                        "code; remove the quotes around the placeholder",
+                        field=template.where,
+                    )
+                continue
+            escaped = False
+            for char in segment:
+                if escaped:
+                    escaped = False
+                elif char == "\\" and quote != "'":
+                    escaped = True
+                elif quote is None and char in "'\"":
+                    quote = char
+                elif char == quote:
+                    quote = None
+        # argv elements are joined by a space, which changes no quoting state
 
 
 def _refuse_pinning_assignment(template: Template) -> None:

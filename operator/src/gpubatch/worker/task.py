@@ -108,6 +108,9 @@ def run_task(
 
     writes = env.write_paths()
     try:
+        # Without atomic outputs, a failed attempt may leave a half-written output that the next
+        # attempt would take for finished work and skip; so remember what existed before.
+        existed_before = set() if env.atomic_outputs else storage.existing(env.outputs)
         if env.atomic_outputs:
             # A leftover from a killed attempt must never be promoted as this attempt's output.
             storage.remove(writes)
@@ -148,11 +151,16 @@ def run_task(
         )
 
     result = _judge(finish, env, outcome)
-    if env.atomic_outputs and result.outcome is not Outcome.SUCCEEDED:
+    if result.outcome is not Outcome.SUCCEEDED:
+        leftovers = (
+            list(env.partial_outputs)
+            if env.atomic_outputs
+            else [path for path in env.outputs if path not in existed_before]
+        )
         try:
-            storage.remove(env.partial_outputs)
+            storage.remove(leftovers)
         except storage.StorageError as err:
-            logger.warning("%s: could not remove partial outputs: %s", where, err)
+            logger.warning("%s: could not remove outputs of the failed attempt: %s", where, err)
     return result
 
 

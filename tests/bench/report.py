@@ -1,0 +1,184 @@
+"""Render tests/bench/results/*.json as the Markdown tables quoted in BENCHMARKS.md.
+
+`python -m bench.report` prints them; numbers are never typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(rows: list[tuple[str, Any, str]]) -> str:
+    lines = ["| measure | result | target |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {_f(value)} | {target} |" for name, value, target in rows]
+    return "\n".join(lines)
+
+
+def render() -> str:
+    parts: list[str] = []
+    if (r := _load("dispatch")) is not None:
+        parts.append(f"### 1. Dispatch rate ({r['tasks']} tasks, 50 ms each, 1,024 fake GPUs)\n")
+        parts.append(
+            _table(
+                [
+                    (
+                        "raw async client, pods created / s (ceiling)",
+                        r["raw_ceiling_pods_per_s"],
+                        "",
+                    ),
+                    ("gpubatch, pods created / s", r["gpubatch_pods_per_s"], ""),
+                    ("gpubatch / ceiling", r["gpubatch_vs_ceiling"], ">= 0.8"),
+                    ("Indexed Job, pods created / s", r["job_pods_per_s"], ""),
+                    ("gpubatch / Indexed Job", r["gpubatch_vs_job"], "> 1"),
+                    ("gpubatch total seconds", r["gpubatch_total_s"], ""),
+                    ("Indexed Job total seconds", r["job_total_s"], ""),
+                    ("operator CPU seconds per 1k tasks", r["operator_cpu_s_per_1k"], "<= 2"),
+                    (
+                        "operator API requests per task (audit log)",
+                        r["operator_requests_per_task"],
+                        "",
+                    ),
+                ]
+            )
+        )
+    if (r := _load("makespan")) is not None:
+        parts.append(
+            f"\n### 2-3. Makespan and reaction latency ({r['tasks']} log-normal tasks, "
+            f"{r['gpus']} GPUs, lower bound {r['lower_bound_s']:.0f} s)\n"
+        )
+        parts.append(
+            _table(
+                [
+                    (
+                        "gpubatch, index order: makespan / lower bound",
+                        r["gpubatch_index_ratio"],
+                        "<= 1.05",
+                    ),
+                    (
+                        "gpubatch, longest first: makespan / lower bound",
+                        r["gpubatch_longest_first_ratio"],
+                        "<= 1.05",
+                    ),
+                    ("Indexed Job: makespan / lower bound", r["job_ratio"], ""),
+                    (
+                        "gpubatch reaction p50 ms (index order)",
+                        r["gpubatch_index_reaction_p50_ms"],
+                        "<= 100",
+                    ),
+                    (
+                        "gpubatch reaction p99 ms (index order)",
+                        r["gpubatch_index_reaction_p99_ms"],
+                        "<= 1000",
+                    ),
+                    ("Indexed Job reaction p50 ms", r["job_reaction_p50_ms"], ""),
+                    ("Indexed Job reaction p99 ms", r["job_reaction_p99_ms"], ""),
+                    (
+                        "operator CPU seconds per 1k tasks (index order)",
+                        r["gpubatch_index_cpu_s_per_1k"],
+                        "<= 2",
+                    ),
+                    (
+                        "operator API requests per task (index order)",
+                        r["gpubatch_index_requests_per_task"],
+                        "",
+                    ),
+                ]
+            )
+        )
+    if (r := _load("mixed")) is not None:
+        parts.append(
+            f"\n### 4. Mixed GPU models ({r['tasks']} tasks, 32 fast + 32 slow GPUs, "
+            "slow = 2x run time)\n"
+        )
+        parts.append(
+            _table(
+                [
+                    ("dynamic (one batch) seconds", r["dynamic_s"], ""),
+                    ("static half/half split seconds", r["static_split_s"], ""),
+                    ("static / dynamic", r["static_over_dynamic"], "> 1"),
+                    (
+                        "share of tasks run on fast GPUs (dynamic)",
+                        r["dynamic_share_on_fast"],
+                        "ideal 0.67",
+                    ),
+                ]
+            )
+        )
+    if (r := _load("cost")) is not None:
+        parts.append(f"\n### 5. Cost at {r['tasks']} tasks (manifest source)\n")
+        parts.append(
+            _table(
+                [
+                    ("operator peak RSS MiB", r["operator_peak_rss_mib"], "<= 300"),
+                    ("GPUBatch object bytes (mid-run)", r["object_bytes_mid_run"], "<= 65536"),
+                    ("seconds from apply to 500 tasks done", r["seconds_to_500_done"], ""),
+                ]
+            )
+        )
+    if (r := _load("scan")) is not None:
+        parts.append("\n### 6. Skip scan (half the outputs exist)\n")
+        parts.append(
+            _table(
+                [
+                    (
+                        f"local filesystem, {r['local_outputs']} outputs, seconds",
+                        r["local_seconds"],
+                        "<= 5",
+                    ),
+                    (
+                        f"S3 stand-in (moto), {r['s3_outputs']} outputs, seconds",
+                        r["s3_seconds"],
+                        "",
+                    ),
+                ]
+            )
+        )
+    chaos = sorted(RESULTS.glob("chaos-*.json"))
+    if chaos:
+        parts.append("\n### Chaos\n")
+        lines = [
+            "| run | tasks | fault | succeeded | extra attempts | concurrent attempts "
+            "| pods left | ok |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for path in chaos:
+            r = json.loads(path.read_text())
+            fault = ", ".join(
+                f"{k}={_f(v, 1)}"
+                for k, v in r.items()
+                if k
+                in (
+                    "operator_kills",
+                    "apiserver_restart_seconds",
+                    "etcd_kill_restart_seconds",
+                    "node_deleted",
+                )
+            )
+            lines.append(
+                f"| {r['run']} | {r['tasks']} | {fault} | {r['succeeded']} | "
+                f"{r['tasks_with_extra_attempts']} | "
+                f"{r['concurrent_attempt_violations']} | {r['pods_left']} | "
+                f"{r['ok']} |"
+            )
+        parts.append("\n".join(lines))
+    return "\n".join(parts) + "\n"
+
+
+if __name__ == "__main__":
+    print(render())
