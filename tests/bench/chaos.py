@@ -73,6 +73,7 @@ def _run(
         leftover_deadline = time.monotonic() + 120
         while time.monotonic() < leftover_deadline and batches.pods():
             time.sleep(1)
+        pods_left = len(batches.pods())
         attempts = {}
         for pod in monitor.created:
             index, attempt = pod.rsplit("-", 2)[-2:]
@@ -89,10 +90,8 @@ def _run(
         "tasks_with_extra_attempts": sum(1 for a in attempts.values() if len(a) > 1),
         "tasks_never_started": tasks - len(attempts),
         "concurrent_attempt_violations": len(monitor.violations),
-        "pods_left": len(batches.pods()),
-        "ok": (
-            status["counts"]["succeeded"] == tasks and not monitor.violations and not batches.pods()
-        ),
+        "pods_left": pods_left,
+        "ok": status["counts"]["succeeded"] == tasks and not monitor.violations and not pods_left,
     }
 
 
