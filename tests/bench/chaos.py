@@ -119,6 +119,13 @@ def etcd_restart(tasks: int, workdir: Path) -> dict[str, Any]:
     def fault(env: BenchEnv, batches: Batches, rng: random.Random) -> dict[str, Any]:
         _wait_progress(batches, "etcd", tasks // 3)
         seconds = env.testbed.restart("etcd", kill=True)
+        # Observed here: after etcd is killed, kwok (the simulated kubelets) and kube-scheduler
+        # can miss pod events from the restart window and leave a pod Running or Pending for
+        # minutes (real kubelets and the scheduler relist on their own, on the order of
+        # minutes). Restart both, as a node agent reconnecting would; the operator is not
+        # touched - its recovery is what this run checks.
+        env.testbed.restart("kwok")
+        env.testbed.restart("kube-scheduler")
         return {"etcd_kill_restart_seconds": seconds}
 
     return _run("etcd", tasks, fault, workdir)
