@@ -58,6 +58,18 @@ bench: venv testbin ## full-size benchmarks: gpubatch vs Indexed Job vs raw clie
 chaos: venv testbin ## chaos runs: SIGKILL the operator, restart apiserver/etcd, delete a node
 	cd tests && ../$(PY) -m bench.chaos --tasks 2000
 
+.PHONY: helm-lint
+helm-lint: testbin ## lint the Helm chart
+	$$(bash tests/testbed/testbin.sh --print)/helm lint charts/gpubatch-operator --strict --kube-version 1.34.0
+
+.PHONY: chart-crd-sync
+chart-crd-sync: ## copy the canonical CRD into the chart (a unit test checks they are identical)
+	cp crds/gpubatches.gpubatch.io.yaml charts/gpubatch-operator/crds/
+
+.PHONY: e2e-kind
+e2e-kind: venv ## the user's path on a kind cluster with real images (needs Docker and kind; not run in CI)
+	bash tests/e2e/kind_e2e.sh
+
 # --- the test bed for people -----------------------------------------------------------------
 .PHONY: testbed-up
 testbed-up: venv testbin ## start the local control plane with fake GPU nodes (prints export KUBECONFIG=...)

@@ -111,6 +111,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.batching.batch_window = 0.005
     settings.posting.level = logging.WARNING
     settings.peering.standalone = True
+    # Serve the resources found at start-up (the CRD is installed before the operator): no
+    # cluster-wide list/watch of CRDs (or, with --namespace, of namespaces), so the chart's RBAC
+    # needs neither. A CRD installed after the operator started needs an operator restart.
+    settings.scanning.disabled = True
+    settings.posting.reporting_component = "gpubatch-operator"
 
 
 def _client() -> KubeClient:
