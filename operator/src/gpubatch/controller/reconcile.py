@@ -249,7 +249,6 @@ class Reconciler:
     ) -> None:
         # 1. Status first: only a recorded outcome may release its pod.
         await self._write_status(runtime, decided.status)
-        runtime.cursor = decided.cursor
         # 2. Release recorded pods (drop the tracking finalizer).
         await _gather(
             self.client.remove_pod_finalizer(p.namespace, p.name, FINALIZER_TRACKING)
@@ -262,7 +261,9 @@ class Reconciler:
         await _gather(
             self.client.delete_pod(p.namespace, p.name, grace_seconds=0) for p in decided.delete
         )
-        # 5. Create the next attempts.
+        # 5. Create the next attempts. The cursor moves only now: had an earlier step failed, the
+        # tasks it passed over would never be created (a failed create resets it to 0).
+        runtime.cursor = decided.cursor
         if decided.create:
             await self._create(runtime, decided.create, loaded)
             self.metrics.pods_created.inc(len(decided.create))
