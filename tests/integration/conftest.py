@@ -28,14 +28,33 @@ def operator(
     testbed: Testbed,
     crd: Path,
     tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[OperatorProcess]:
     """One operator for the session; chaos tests kill and restart this same one, so two
     operators never reconcile the same batch."""
     log = Path(tmp_path_factory.mktemp("operator")) / "operator.log"
     process = OperatorProcess(testbed=testbed, log_path=log)
     process.start()
+    request.session.__dict__.setdefault("_gpubatch_started", set()).add("operator")
     yield process
     process.stop()
+
+
+@pytest.fixture
+def no_operator(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Pause the session operator (if one runs) for tests that write a batch's status
+    themselves; the operator would otherwise overwrite it."""
+    process: OperatorProcess | None = None
+    if "operator" in request.session.__dict__.get("_gpubatch_started", set()):
+        process = request.getfixturevalue("operator")
+    was_alive = process is not None and process.alive()
+    if was_alive:
+        assert process is not None
+        process.stop()
+    yield
+    if was_alive:
+        assert process is not None
+        process.start()
 
 
 @pytest.fixture

@@ -188,7 +188,9 @@ def test_a_refused_spec_reports_every_problem_at_once(bed: Testbed, namespace: s
 
 
 # --------------------------------------------------------------------------------- status
-def test_status_written_by_the_model_reads_back_unpruned(bed: Testbed, namespace: str):
+def test_status_written_by_the_model_reads_back_unpruned(
+    bed: Testbed, namespace: str, no_operator: None
+):
     obj = batch()
     name = obj["metadata"]["name"]
     apply(bed, namespace, obj)

@@ -371,8 +371,11 @@ def test_metrics_and_liveness_endpoints_answer(running_operator: OperatorProcess
 
 
 def test_finished_batch_is_deleted_after_its_ttl(batches: Batches):
-    batches.create(batch("ephemeral", tasks={"range": {"stop": 2}}, duration="100ms",
-                         ttlSecondsAfterFinished=2))
+    batches.create(
+        batch(
+            "ephemeral", tasks={"range": {"stop": 2}}, duration="100ms", ttlSecondsAfterFinished=2
+        )
+    )
     batches.wait_condition("ephemeral", "Complete", timeout=60)
     wait_for(lambda: batches.gone("ephemeral"), timeout=30, what="batch deleted after its TTL")
 
@@ -381,8 +384,11 @@ def test_parallelism_edit_applies_to_tasks_not_yet_started(batches: Batches):
     body = batch("widen", tasks={"range": {"stop": 24}}, duration="1s", parallelism=2)
     with PodMonitor(batches.testbed, batches.namespace) as monitor:
         batches.create(body)
-        wait_for(lambda: batches.status("widen").get("counts", {}).get("succeeded", 0) >= 2,
-                 timeout=30, what="two tasks done at parallelism 2")
+        wait_for(
+            lambda: batches.status("widen").get("counts", {}).get("succeeded", 0) >= 2,
+            timeout=30,
+            what="two tasks done at parallelism 2",
+        )
         assert monitor.max_running <= 2
         batches.patch_spec("widen", {"parallelism": 8})
         batches.wait_condition("widen", "Complete", timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import uuid
@@ -64,29 +65,25 @@ def test_node_deleted_mid_task_is_retried_without_counting(batches: Batches):
                 )
             )
             running = wait_for(
-                lambda: (
-                    [
-                        p
-                        for p in batches.pods()
-                        if p.status.phase == "Running" and p.spec.node_name == nodes[0]
-                    ]
-                    or None
-                ),
-                timeout=30,
-                what="a task running on the first node",
+                lambda: [p for p in batches.pods() if p.status.phase == "Running"] or None,
+                timeout=60,
+                what="a task running",
             )
-            batches.testbed.delete_node(nodes[0])
+            lost_node = running[0].spec.node_name
+            running = [p for p in running if p.spec.node_name == lost_node]
+            batches.testbed.delete_node(lost_node)
             batches.wait_condition("survivor", "Complete", timeout=300)
         status = batches.status("survivor")
         # retry.limit is 0: had the lost attempt counted, the task would have failed.
         assert status["counts"]["succeeded"] == 2 and status["counts"]["failed"] == 0
         lost = {int(p.metadata.labels["gpubatch.io/task-index"]) for p in running}
-        assert {f["index"] for f in status["recentFailures"]} == lost
+        assert lost and lost <= {f["index"] for f in status["recentFailures"]}
         assert all(
             f["reason"] not in ("Error", "DeadlineExceeded") for f in status["recentFailures"]
         )
         assert monitor.violations == []
         assert {f"survivor-{i}-1" for i in lost} <= monitor.created
     finally:
-        for node in nodes[1:]:
-            batches.testbed.delete_node(node)
+        for node in nodes:
+            with contextlib.suppress(Exception):  # one of them is already gone
+                batches.testbed.delete_node(node)

@@ -26,7 +26,14 @@ def test_gpu_pod_is_bound_to_a_gpu_node_and_succeeds_after_its_duration(
     testbed: Testbed, namespace: str
 ):
     api = testbed.core_v1()
-    api.create_namespaced_pod(namespace, gpu_pod("one-gpu", annotations=sim.annotations(3.0)))
+    api.create_namespaced_pod(
+        namespace,
+        gpu_pod(
+            "one-gpu",
+            annotations=sim.annotations(3.0),
+            node_selector={"gpubatch.io/testbed-pool": "gpu"},
+        ),
+    )
     pod = wait_for(
         lambda: (
             (p := api.read_namespaced_pod("one-gpu", namespace)).status.phase == "Succeeded" and p
