@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import defaultdict
 from typing import Any
 
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from integration.kube import wait_for
+from integration.podwatch import PodEvents
 from testbed import Testbed
 
 GROUP, VERSION, PLURAL = "gpubatch.io", "v1alpha1", "gpubatches"
@@ -116,65 +115,56 @@ class PodMonitor:
     """
 
     def __init__(self, testbed: Testbed, namespace: str) -> None:
-        self.testbed = testbed
-        self.namespace = namespace
         self.live: dict[str, tuple[int, bool, bool]] = {}  # pod -> (task, running, unscheduled)
+        self.live_by_task: dict[int, set[str]] = defaultdict(set)
         self.violations: list[str] = []
         self.max_running = 0
         self.max_unscheduled = 0
         self.created: set[str] = set()
         self.created_order: list[str] = []  # first-seen order of task pods
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._running = 0
+        self._unscheduled = 0
+        self._events = PodEvents(testbed, namespace, self._on)
 
     def __enter__(self) -> PodMonitor:
-        self._thread.start()
-        time.sleep(0.3)
+        self._events.__enter__()
         return self
 
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def __exit__(self, *args: object) -> None:
+        self._events.__exit__(*args)
 
-    def _run(self) -> None:
-        api = client.CoreV1Api(self.testbed.api_client())
-        while not self._stop.is_set():
-            stream = watch.Watch()
-            try:
-                for event in stream.stream(
-                    api.list_namespaced_pod, self.namespace, timeout_seconds=2
-                ):
-                    self._on(event["type"], event["object"])
-                    if self._stop.is_set():
-                        break
-            except Exception:  # the API server may be restarted by a chaos test
-                time.sleep(0.2)
-            finally:
-                stream.stop()
+    def _forget(self, name: str) -> None:
+        gone = self.live.pop(name, None)
+        if gone is not None:
+            task, running, unscheduled = gone
+            self.live_by_task[task].discard(name)
+            self._running -= running
+            self._unscheduled -= unscheduled
 
-    def _on(self, kind: str, pod: Any) -> None:
-        name = pod.metadata.name
-        labels = pod.metadata.labels or {}
+    def _on(self, kind: str, pod: dict[str, Any]) -> None:
+        metadata = pod["metadata"]
+        name = metadata["name"]
+        labels = metadata.get("labels") or {}
         if "gpubatch.io/task-index" not in labels:
             return
         if name not in self.created:
             self.created.add(name)
             self.created_order.append(name)
         task = int(labels["gpubatch.io/task-index"])
-        terminal = pod.status.phase in ("Succeeded", "Failed")
-        if kind == "DELETED" or terminal:
-            self.live.pop(name, None)
-        else:
-            running = pod.status.phase == "Running"
-            self.live[name] = (task, running, pod.spec.node_name is None)
-        per_task: dict[int, list[str]] = defaultdict(list)
-        for pod_name, (index, _, _) in self.live.items():
-            per_task[index].append(pod_name)
-        for index, names in per_task.items():
-            if len(names) > 1:
-                self.violations.append(f"task {index} has {sorted(names)} alive at once")
-        self.max_running = max(self.max_running, sum(r for _, r, _ in self.live.values()))
-        self.max_unscheduled = max(self.max_unscheduled, sum(u for _, _, u in self.live.values()))
+        phase = (pod.get("status") or {}).get("phase")
+        self._forget(name)
+        if kind != "DELETED" and phase not in ("Succeeded", "Failed"):
+            running = phase == "Running"
+            unscheduled = not (pod.get("spec") or {}).get("nodeName")
+            self.live[name] = (task, running, unscheduled)
+            self.live_by_task[task].add(name)
+            self._running += running
+            self._unscheduled += unscheduled
+            if len(self.live_by_task[task]) > 1:
+                alive = sorted(self.live_by_task[task])
+                self.violations.append(f"task {task} has {alive} alive at once")
+        self.max_running = max(self.max_running, self._running)
+        self.max_unscheduled = max(self.max_unscheduled, self._unscheduled)
 
 
 def pods_with_finalizer(batches: Batches) -> list[str]:

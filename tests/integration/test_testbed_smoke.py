@@ -51,6 +51,44 @@ def test_gpu_pod_is_bound_to_a_gpu_node_and_succeeds_after_its_duration(
     assert pod.status.container_statuses[0].state.terminated.exit_code == 0
 
 
+def test_lognormal_annotation_gives_each_task_index_the_duration_the_benchmarks_compute(
+    testbed: Testbed, namespace: str
+):
+    """The makespan benchmark computes its lower bound from `sim.lognormal_ms`; kwok must run
+    each index for that long (the jq in kwok-config.yaml is the same arithmetic)."""
+    api = testbed.core_v1()
+    mean_ms, sigma, seed = 4000.0, 0.8, 42
+    durations = {i: sim.lognormal_ms(i, mean_ms, sigma, seed) for i in range(40)}
+    shortest = min(durations, key=lambda i: durations[i])
+    longest = max(durations, key=lambda i: durations[i])
+    assert durations[shortest] < 1500 and durations[longest] > 6000, durations
+    for index in (shortest, longest):
+        api.create_namespaced_pod(
+            namespace,
+            gpu_pod(
+                f"ln-{index}",
+                annotations={sim.LOGNORMAL: sim.lognormal_annotation(mean_ms, sigma, seed)},
+                labels={"gpubatch.io/task-index": str(index)},
+                node_selector={"gpubatch.io/testbed-pool": "gpu"},
+            ),
+        )
+    ran = {}
+    for index in (shortest, longest):
+        pod = wait_for(
+            lambda i=index: (
+                (p := api.read_namespaced_pod(f"ln-{i}", namespace)).status.phase == "Succeeded"
+                and p
+            ),
+            timeout=60,
+            what=f"pod ln-{index} Succeeded",
+        )
+        terminated = pod.status.container_statuses[0].state.terminated
+        ran[index] = (terminated.finished_at - pod.status.start_time).total_seconds()
+    # One-second timestamps: each run is within a second (plus scheduling slack) of its duration.
+    for index, seconds in ran.items():
+        assert abs(seconds - durations[index] / 1000) <= 1.5, (index, seconds, durations[index])
+
+
 def test_ninth_one_gpu_pod_stays_pending_on_an_eight_gpu_node(testbed: Testbed, namespace: str):
     api = testbed.core_v1()
     pool = GpuNodePool(name=f"solo{uuid.uuid4().hex[:4]}", count=1, gpus=8)

@@ -253,15 +253,19 @@ class Testbed:
         }
         if self.config.audit_users:
             policy = w / "audit-policy.yaml"
-            policy.write_text(yaml.safe_dump({
-                "apiVersion": "audit.k8s.io/v1",
-                "kind": "Policy",
-                "omitStages": ["RequestReceived", "ResponseStarted"],
-                "rules": [
-                    {"level": "Metadata", "users": list(self.config.audit_users)},
-                    {"level": "None"},
-                ],
-            }))
+            policy.write_text(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "audit.k8s.io/v1",
+                        "kind": "Policy",
+                        "omitStages": ["RequestReceived", "ResponseStarted"],
+                        "rules": [
+                            {"level": "Metadata", "users": list(self.config.audit_users)},
+                            {"level": "None"},
+                        ],
+                    }
+                )
+            )
             argvs["kube-apiserver"] += [
                 f"--audit-policy-file={policy}",
                 f"--audit-log-path={self.audit_log}",
@@ -311,9 +315,27 @@ class Testbed:
         began = time.monotonic()
         component = self.components[name]
         component.kill() if kill else component.stop()
+        if name == "kwok":
+            self._release_node_leases()
         self._start_component(name)
         self._save_state()
         return time.monotonic() - began
+
+    def _release_node_leases(self) -> None:
+        """A restarted kubelet renews its node's lease under the same identity (the node name);
+        a restarted kwok has a new random identity, waits out the old holder's lease and, once
+        it takes the lease over, does not pick up the pods already on the node (seen with kwok
+        v0.8.0: pods left Running past their duration). Deleting the dead holder's leases
+        lets the new kwok create them at start-up, as a restarted kubelet would carry on."""
+        from kubernetes.client.rest import ApiException
+
+        leases = self.coordination_v1()
+        for lease in leases.list_namespaced_lease("kube-node-lease").items:
+            try:
+                leases.delete_namespaced_lease(lease.metadata.name, "kube-node-lease")
+            except ApiException as error:
+                if error.status != 404:
+                    raise
 
     def restart_apiserver(self) -> float:
         return self.restart("kube-apiserver")
@@ -341,6 +363,11 @@ class Testbed:
         if self._api is None:
             self._api = self.api_client()
         return client.CoreV1Api(self._api)
+
+    def coordination_v1(self) -> Any:
+        from kubernetes import client
+
+        return client.CoordinationV1Api(self.api_client())
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 DURATION = "sim.gpubatch.io/duration"
@@ -35,3 +36,29 @@ def annotations(
             else json.dumps(termination_message, separators=(",", ":"))
         )
     return out
+
+
+LOGNORMAL = "sim.gpubatch.io/lognormal"
+_MASK = 1 << 32
+
+
+def lognormal_annotation(mean_ms: float, sigma: float, seed: int) -> str:
+    """`sim.gpubatch.io/lognormal`: every pod of a batch (or Indexed Job) carries the same short
+    value, and kwok derives each task's duration from its index with `lognormal_ms`. This gives
+    both systems identical per-task durations without a per-pod duration table, whose size grows
+    with the batch and loads every component that sees the pod."""
+    return f"{mean_ms:g},{sigma:g},{seed}"
+
+
+def lognormal_ms(index: int, mean_ms: float, sigma: float, seed: int) -> int:
+    """The duration kwok gives task `index` (the same arithmetic as the jq expression in
+    kwok-config.yaml): two hashed uniforms, Box-Muller, a log-normal with the given mean.
+
+    Integer hashing is exact in both languages; the floating-point steps may differ in the last
+    bit between Go and C maths, which moves a duration by at most a millisecond."""
+    key = index + seed * 100003 + 1
+    u1 = (key * 2654435761 % _MASK + 0.5) / _MASK
+    u2 = (key * 2246822519 % _MASK + 0.5) / _MASK
+    z = math.sqrt(-2 * math.log(u1)) * math.cos(u2 * 6.283185307179586)
+    ms = math.exp(math.log(mean_ms) - sigma * sigma / 2 + sigma * z)
+    return max(10, math.floor(ms + 0.5))

@@ -249,24 +249,32 @@ class Reconciler:
     ) -> None:
         # 1. Status first: only a recorded outcome may release its pod.
         await self._write_status(runtime, decided.status)
-        # 2. Release recorded pods (drop the tracking finalizer).
-        await _gather(
-            self.client.remove_pod_finalizer(p.namespace, p.name, FINALIZER_TRACKING)
-            for p in decided.release
-        )
-        # 3. Stop pods on purpose: say why, then delete.
-        await _gather(self._stop(p, reason) for p, reason in decided.stop)
-        # 4. Clean up finished pods.
-        # Their containers have exited: no grace period to wait for, and no kubelet round trip.
-        await _gather(
-            self.client.delete_pod(p.namespace, p.name, grace_seconds=0) for p in decided.delete
-        )
-        # 5. Create the next attempts. The cursor moves only now: had an earlier step failed, the
-        # tasks it passed over would never be created (a failed create resets it to 0).
+        # 2. Everything else at once. Once the status is written, creating the next attempts,
+        # releasing recorded pods (dropping the tracking finalizer), stopping pods on purpose
+        # and cleaning up finished ones do not depend on one another, and a finished task's
+        # replacement must not queue behind its predecessor's cleanup (reaction latency). The
+        # creates are listed first so they are first for the client's concurrency slots.
+        # The cursor moves only now: had the status write failed, the tasks it passed over
+        # would never be created (a failed create resets it to 0).
         runtime.cursor = decided.cursor
-        if decided.create:
-            await self._create(runtime, decided.create, loaded)
-            self.metrics.pods_created.inc(len(decided.create))
+        manifests = self._render(runtime, decided.create, loaded)
+        await _gather(
+            [
+                *(self._create_one(runtime, attempt, pod) for attempt, pod in manifests),
+                *(
+                    self.client.remove_pod_finalizer(p.namespace, p.name, FINALIZER_TRACKING)
+                    for p in decided.release
+                ),
+                *(self._stop(p, reason) for p, reason in decided.stop),
+                # Finished pods' containers have exited: no grace period to wait for.
+                *(
+                    self.client.delete_pod(p.namespace, p.name, grace_seconds=0)
+                    for p in decided.delete
+                ),
+            ]
+        )
+        if manifests:
+            self.metrics.pods_created.inc(len(manifests))
             if woken_at is not None and decided.release:
                 self.metrics.reaction_seconds.observe(time.monotonic() - woken_at)
         for event in decided.events:
@@ -286,9 +294,13 @@ class Reconciler:
         ):
             await self.client.delete_pod(pod.namespace, pod.name)
 
-    async def _create(
+    def _render(
         self, runtime: BatchRuntime, attempts: list[TaskAttempt], loaded: LoadedTasks
-    ) -> None:
+    ) -> list[tuple[TaskAttempt, dict[str, Any]]]:
+        """Task pods for the planned attempts, each marked in flight; a task that cannot be
+        rendered is set aside alone, a spec that cannot be rendered at all stops the creates."""
+        if not attempts:
+            return []
         prepared = loaded.prepared
         assert prepared is not None
         manifests: list[tuple[TaskAttempt, dict[str, Any]]] = []
@@ -305,34 +317,35 @@ class Reconciler:
                 runtime.api_spec_error = str(error)
                 runtime.cursor = 0  # the tasks passed over in this pass were never created
                 runtime.wake()
-                return
+                return []
         now = time.monotonic()
         for attempt, _ in manifests:
             runtime.in_flight[(attempt.index, attempt.attempt)] = now
+        return manifests
 
-        async def create(attempt: TaskAttempt, pod: dict[str, Any]) -> None:
-            try:
-                await self.client.create_pod(runtime.ref.namespace, pod)
-            except Exception as error:
-                runtime.in_flight.pop((attempt.index, attempt.attempt), None)
-                # The cursor already moved past this task; walk again from the start (attempted
-                # tasks are skipped by their status or pods, so nothing runs twice).
-                runtime.cursor = 0
-                if not isinstance(error, ApiError):
-                    raise
-                if error.status in (400, 422) or (
-                    error.status == 403 and "exceeded quota" not in error.message
-                ):
-                    # The API server refuses this pod as rendered (an invalid template field,
-                    # a Pod Security violation): every task would fail the same way.
-                    runtime.api_spec_error = (
-                        f"the API server refused the task pod: {error.message}; fix spec.template"
-                    )
-                    runtime.wake()
-                    return
+    async def _create_one(
+        self, runtime: BatchRuntime, attempt: TaskAttempt, pod: dict[str, Any]
+    ) -> None:
+        try:
+            await self.client.create_pod(runtime.ref.namespace, pod)
+        except Exception as error:
+            runtime.in_flight.pop((attempt.index, attempt.attempt), None)
+            # The cursor already moved past this task; walk again from the start (attempted
+            # tasks are skipped by their status or pods, so nothing runs twice).
+            runtime.cursor = 0
+            if not isinstance(error, ApiError):
                 raise
-
-        await _gather(create(a, pod) for a, pod in manifests)
+            if error.status in (400, 422) or (
+                error.status == 403 and "exceeded quota" not in error.message
+            ):
+                # The API server refuses this pod as rendered (an invalid template field,
+                # a Pod Security violation): every task would fail the same way.
+                runtime.api_spec_error = (
+                    f"the API server refused the task pod: {error.message}; fix spec.template"
+                )
+                runtime.wake()
+                return
+            raise
 
 
 def _dump(status: GPUBatchStatus) -> dict[str, Any]:
