@@ -10,6 +10,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from bench.scenarios import SCENARIOS, SMOKE, Scale
@@ -22,15 +23,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], default=[])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (what CI runs)")
     parser.add_argument("--tasks", type=int, help="override the task count of every scenario")
+    parser.add_argument(
+        "--mean-seconds", type=float, help="mean task duration of the makespan scenario"
+    )
     args = parser.parse_args(argv)
     scale = SMOKE if args.smoke else Scale()
     if args.tasks:
-        scale = Scale(
-            dispatch_tasks=args.tasks,
-            makespan_tasks=args.tasks,
-            mixed_tasks=args.tasks,
-            mean_seconds=scale.mean_seconds,
+        scale = replace(
+            scale, dispatch_tasks=args.tasks, makespan_tasks=args.tasks, mixed_tasks=args.tasks
         )
+    if args.mean_seconds:
+        scale = replace(scale, mean_seconds=args.mean_seconds)
     RESULTS.mkdir(exist_ok=True)
     for name in args.scenarios or list(SCENARIOS):
         began = time.monotonic()

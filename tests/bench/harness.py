@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, watch
+from kubernetes import client
 
 from integration.operator_process import OperatorProcess
+from integration.podwatch import PodEvents
 from testbed import GpuNodePool, Testbed, TestbedConfig
 
 OPERATOR_USER = "gpubatch-operator"
@@ -55,47 +55,25 @@ class PodWatcher:
     """Watches one namespace's pods from a thread and builds a PodTimeline."""
 
     def __init__(self, testbed: Testbed, namespace: str) -> None:
-        self.api = client.CoreV1Api(testbed.api_client())
-        self.namespace = namespace
         self.timeline = PodTimeline()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._events = PodEvents(testbed, namespace, self._on)
 
     def __enter__(self) -> PodWatcher:
-        self._thread.start()
-        time.sleep(0.3)
+        self._events.__enter__()
         return self
 
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def __exit__(self, *args: object) -> None:
+        self._events.__exit__(*args)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            stream = watch.Watch()
-            try:
-                for event in stream.stream(
-                    self.api.list_namespaced_pod,
-                    self.namespace,
-                    timeout_seconds=2,
-                    _preload_content=True,
-                ):
-                    self._on(event["object"])
-                    if self._stop.is_set():
-                        break
-            except Exception:  # chaos runs restart the API server under us
-                time.sleep(0.2)
-            finally:
-                stream.stop()
-
-    def _on(self, pod: Any) -> None:
+    def _on(self, kind: str, pod: dict[str, Any]) -> None:
         now = time.monotonic()
-        name = pod.metadata.name
+        name = pod["metadata"]["name"]
         t = self.timeline
         if name not in t.added:
             t.added[name] = now
             t.order.append((now, "added", name))
-        if pod.status.phase in ("Succeeded", "Failed") and name not in t.finished:
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed") and name not in t.finished:
             t.finished[name] = now
             t.order.append((now, "finished", name))
 

@@ -7,8 +7,6 @@ code runs as a CI smoke test (tiny) and as `make bench` (the sizes the issue ask
 from __future__ import annotations
 
 import asyncio
-import math
-import random
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ from bench.harness import (
     wait_batch,
     wait_job,
 )
-from testbed import GpuNodePool
+from testbed import GpuNodePool, sim
 
 
 @dataclass(frozen=True)
@@ -158,21 +156,20 @@ def dispatch_rate(scale: Scale, workdir: Path) -> dict[str, Any]:
     }
 
 
-def _lognormal_ms(n: int, mean_seconds: float, seed: int = 42) -> list[int]:
-    rng = random.Random(seed)
-    sigma = 0.8
-    mu = math.log(mean_seconds) - sigma * sigma / 2
-    return [max(10, round(rng.lognormvariate(mu, sigma) * 1000)) for _ in range(n)]
-
-
 def makespan(scale: Scale, workdir: Path) -> dict[str, Any]:
     """10k log-normal tasks on 64 GPUs: makespan / lower bound for index order, longest-first
-    and the Indexed Job; reaction latency from the same runs."""
+    and the Indexed Job; reaction latency from the same runs.
+
+    Durations come from `sim.lognormal_ms` by task index, which kwok evaluates from one short
+    annotation, so both systems run identical durations with no per-pod table."""
     n, gpus = scale.makespan_tasks, 64
-    durations = _lognormal_ms(n, scale.mean_seconds)
+    mean_ms, sigma, seed = scale.mean_seconds * 1000, 0.8, 42
+    durations = [sim.lognormal_ms(i, mean_ms, sigma, seed) for i in range(n)]
     bound = max(sum(durations) / 1000 / gpus, max(durations) / 1000)
-    table = ",".join(f"{ms}ms" for ms in durations)
-    template = gpu_pod_spec(durations=table)
+    template = gpu_pod_spec()
+    template["metadata"]["annotations"][sim.LOGNORMAL] = sim.lognormal_annotation(
+        mean_ms, sigma, seed
+    )
     items = [{"ms": ms} for ms in durations]
     pools = [GpuNodePool(name="gpu", count=8, gpus=8)]
     results: dict[str, Any] = {
@@ -180,6 +177,8 @@ def makespan(scale: Scale, workdir: Path) -> dict[str, Any]:
         "gpus": gpus,
         "lower_bound_s": bound,
         "total_work_s": sum(durations) / 1000,
+        "mean_task_s": scale.mean_seconds,
+        "longest_task_s": max(durations) / 1000,
     }
     with bench_env(workdir, pools) as env:
         for label, order in (
