@@ -247,30 +247,38 @@ class Reconciler:
         post_event: PostEvent,
         woken_at: float | None,
     ) -> None:
-        # 1. Status first: only a recorded outcome may release its pod.
-        await self._write_status(runtime, decided.status)
-        # 2. Everything else at once. Once the status is written, creating the next attempts,
-        # releasing recorded pods (dropping the tracking finalizer), stopping pods on purpose
-        # and cleaning up finished ones do not depend on one another, and a finished task's
-        # replacement must not queue behind its predecessor's cleanup (reaction latency). The
-        # creates are listed first so they are first for the client's concurrency slots.
-        # The cursor moves only now: had the status write failed, the tasks it passed over
-        # would never be created (a failed create resets it to 0).
+        # Two chains run at once. Creating the next attempts depends on nothing this pass
+        # writes: names are deterministic (a repeated create is a harmless 409) and a restart
+        # rebuilds the truth from pods and status, so a finished task's replacement waits for
+        # neither the status write nor its predecessor's cleanup (reaction latency).
+        # Releasing a pod's tracking finalizer must wait for the status write that records its
+        # outcome; stops and cleanup follow it too, so the status says why before pods go.
+        # The cursor moves only now: had an earlier pass failed before its creates, the tasks
+        # it passed over would never be created (a failed create resets it to 0).
         runtime.cursor = decided.cursor
         manifests = self._render(runtime, decided.create, loaded)
+
+        async def record_then_release() -> None:
+            await self._write_status(runtime, decided.status)
+            await _gather(
+                [
+                    *(
+                        self.client.remove_pod_finalizer(p.namespace, p.name, FINALIZER_TRACKING)
+                        for p in decided.release
+                    ),
+                    *(self._stop(p, reason) for p, reason in decided.stop),
+                    # Finished pods' containers have exited: no grace period to wait for.
+                    *(
+                        self.client.delete_pod(p.namespace, p.name, grace_seconds=0)
+                        for p in decided.delete
+                    ),
+                ]
+            )
+
         await _gather(
             [
                 *(self._create_one(runtime, attempt, pod) for attempt, pod in manifests),
-                *(
-                    self.client.remove_pod_finalizer(p.namespace, p.name, FINALIZER_TRACKING)
-                    for p in decided.release
-                ),
-                *(self._stop(p, reason) for p, reason in decided.stop),
-                # Finished pods' containers have exited: no grace period to wait for.
-                *(
-                    self.client.delete_pod(p.namespace, p.name, grace_seconds=0)
-                    for p in decided.delete
-                ),
+                record_then_release(),
             ]
         )
         if manifests:
