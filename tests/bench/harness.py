@@ -29,12 +29,15 @@ class PodTimeline:
     """Wall-clock times (monotonic) at which the watcher saw each pod appear and finish."""
 
     added: dict[str, float] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)  # first seen Running
     finished: dict[str, float] = field(default_factory=dict)
+    node: dict[str, str] = field(default_factory=dict)
     order: list[tuple[float, str, str]] = field(default_factory=list)  # (t, kind, pod)
 
-    def creation_rate(self) -> float:
-        """Pods per second between the first and the last pod seen created."""
-        times = sorted(self.added.values())
+    def creation_rate(self, first: int | None = None) -> float:
+        """Pods per second between the first and the last pod seen created (or the `first`-th:
+        the rate at which free GPUs are filled, before finishes pace the creates)."""
+        times = sorted(self.added.values())[:first]
         if len(times) < 2 or times[-1] == times[0]:
             return float("nan")
         return (len(times) - 1) / (times[-1] - times[0])
@@ -49,6 +52,25 @@ class PodTimeline:
             elif kind == "added" and pending:
                 latencies.append(t - pending.pop(0))
         return latencies
+
+    def gpu_idle_gaps(self) -> list[float]:
+        """For each finish, the delay until the next pod started on the same node (FIFO per
+        node): how long a freed GPU waits for work, which is what makespan pays for."""
+        per_node: dict[str, list[tuple[float, int]]] = {}
+        for name, node in self.node.items():
+            if name in self.finished:
+                per_node.setdefault(node, []).append((self.finished[name], 0))
+            if name in self.started:
+                per_node.setdefault(node, []).append((self.started[name], 1))
+        gaps: list[float] = []
+        for events in per_node.values():
+            waiting: list[float] = []
+            for t, kind in sorted(events):
+                if kind == 0:
+                    waiting.append(t)
+                elif waiting:
+                    gaps.append(t - waiting.pop(0))
+        return gaps
 
 
 class PodWatcher:
@@ -73,6 +95,11 @@ class PodWatcher:
             t.added[name] = now
             t.order.append((now, "added", name))
         phase = (pod.get("status") or {}).get("phase")
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node:
+            t.node[name] = node
+        if phase == "Running" and name not in t.started:
+            t.started[name] = now
         if phase in ("Succeeded", "Failed") and name not in t.finished:
             t.finished[name] = now
             t.order.append((now, "finished", name))
@@ -185,20 +212,71 @@ def gpu_pod_spec(durations: str | None = None, duration: str = "50ms") -> dict[s
     }
 
 
-async def raw_create_ceiling(
-    bed: Testbed, namespace: str, count: int, concurrency: int = 32
-) -> float:
-    """Pods/s a minimal async client reaches creating `count` pods (nobody schedules them)."""
-    from gpubatch.edges.kube import ApiEndpoint, KubeClient
+def _admin_endpoint(bed: Testbed) -> Any:
+    from gpubatch.edges.kube import ApiEndpoint
 
     c = bed.certs
-    endpoint = ApiEndpoint(
+    return ApiEndpoint(
         server=bed.server,
         ca_path=str(c.ca_cert),
         certificate_path=str(c.admin_cert),
         private_key_path=str(c.admin_key),
     )
-    async with KubeClient(endpoint, concurrency=concurrency) as kube:
+
+
+async def minimal_dispatcher(
+    bed: Testbed,
+    namespace: str,
+    count: int,
+    window: int,
+    template: dict[str, Any],
+    concurrency: int = 32,
+) -> None:
+    """Run `count` task pods with the least work a dispatcher can do: keep `window` of them
+    unfinished, and for each one that finishes delete it and create the next. No finalizer, no
+    status, no retries: the ceiling of this workload on this API server, scheduler and kwok,
+    against which the operator's own bookkeeping is judged."""
+    from gpubatch.edges.kube import KubeClient
+
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Queue[str] = asyncio.Queue()
+    seen: set[str] = set()
+
+    def on_event(kind: str, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        phase = (pod.get("status") or {}).get("phase")
+        if kind != "DELETED" and phase in ("Succeeded", "Failed") and name not in seen:
+            seen.add(name)
+            loop.call_soon_threadsafe(finished.put_nowait, name)
+
+    def pod(i: int) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"task-{i}", **template["metadata"]},
+            "spec": template["spec"],
+        }
+
+    with PodEvents(bed, namespace, on_event):
+        async with KubeClient(_admin_endpoint(bed), concurrency=concurrency) as kube:
+            started = min(window, count)
+            work = [asyncio.create_task(kube.create_pod(namespace, pod(i))) for i in range(started)]
+            for _ in range(count):
+                name = await finished.get()
+                work.append(asyncio.create_task(kube.delete_pod(namespace, name, grace_seconds=0)))
+                if started < count:
+                    work.append(asyncio.create_task(kube.create_pod(namespace, pod(started))))
+                    started += 1
+            await asyncio.gather(*work)
+
+
+async def raw_create_ceiling(
+    bed: Testbed, namespace: str, count: int, concurrency: int = 32
+) -> float:
+    """Pods/s a minimal async client reaches creating `count` pods (nobody schedules them)."""
+    from gpubatch.edges.kube import KubeClient
+
+    async with KubeClient(_admin_endpoint(bed), concurrency=concurrency) as kube:
 
         def pod(i: int) -> dict[str, Any]:
             return {

@@ -42,10 +42,34 @@ def render() -> str:
                         r["raw_ceiling_pods_per_s"],
                         "",
                     ),
+                    (
+                        "minimal dispatcher, same workload, pods created / s",
+                        r.get("minimal_dispatcher_pods_per_s", math.nan),
+                        "",
+                    ),
                     ("gpubatch, pods created / s", r["gpubatch_pods_per_s"], ""),
                     ("gpubatch / ceiling", r["gpubatch_vs_ceiling"], ">= 0.8"),
+                    (
+                        "gpubatch / minimal dispatcher",
+                        r.get("gpubatch_vs_minimal_dispatcher", math.nan),
+                        "",
+                    ),
                     ("Indexed Job, pods created / s", r["job_pods_per_s"], ""),
                     ("gpubatch / Indexed Job", r["gpubatch_vs_job"], "> 1"),
+                    (
+                        "fill rate until the GPUs are taken, pods / s: "
+                        "minimal dispatcher / gpubatch / Job",
+                        " / ".join(
+                            _f(r.get(f"{who}_fill_pods_per_s", math.nan))
+                            for who in ("minimal_dispatcher", "gpubatch", "job")
+                        ),
+                        "",
+                    ),
+                    (
+                        "minimal dispatcher total seconds",
+                        r.get("minimal_dispatcher_total_s", math.nan),
+                        "",
+                    ),
                     ("gpubatch total seconds", r["gpubatch_total_s"], ""),
                     ("Indexed Job total seconds", r["job_total_s"], ""),
                     ("operator CPU seconds per 1k tasks", r["operator_cpu_s_per_1k"], "<= 2"),
@@ -60,7 +84,8 @@ def render() -> str:
     if (r := _load("makespan")) is not None:
         parts.append(
             f"\n### 2-3. Makespan and reaction latency ({r['tasks']} log-normal tasks, "
-            f"{r['gpus']} GPUs, lower bound {r['lower_bound_s']:.0f} s)\n"
+            f"{r['gpus']} GPUs, mean task {r.get('mean_task_s', 2.0):g} s, "
+            f"lower bound {r['lower_bound_s']:.0f} s)\n"
         )
         parts.append(
             _table(
@@ -77,6 +102,11 @@ def render() -> str:
                     ),
                     ("Indexed Job: makespan / lower bound", r["job_ratio"], ""),
                     (
+                        "Indexed Job makespan / gpubatch longest-first makespan",
+                        r["job_s"] / r["gpubatch_longest_first_s"],
+                        "> 1",
+                    ),
+                    (
                         "gpubatch reaction p50 ms (index order)",
                         r["gpubatch_index_reaction_p50_ms"],
                         "<= 100",
@@ -86,7 +116,23 @@ def render() -> str:
                         r["gpubatch_index_reaction_p99_ms"],
                         "<= 1000",
                     ),
+                    (
+                        "gpubatch reaction p50 / p99 ms (longest first)",
+                        f"{r['gpubatch_longest_first_reaction_p50_ms']:.0f} / "
+                        f"{r['gpubatch_longest_first_reaction_p99_ms']:.0f}",
+                        "",
+                    ),
                     ("Indexed Job reaction p50 ms", r["job_reaction_p50_ms"], ""),
+                    (
+                        "freed GPU waits for its next pod, p50 / p99 ms: "
+                        "gpubatch index / longest first / Job",
+                        " / ".join(
+                            f"{_f(r.get(f'{who}_gpu_idle_p50_ms', math.nan), 0)}"
+                            f" / {_f(r.get(f'{who}_gpu_idle_p99_ms', math.nan), 0)}"
+                            for who in ("gpubatch_index", "gpubatch_longest_first", "job")
+                        ),
+                        "",
+                    ),
                     ("Indexed Job reaction p99 ms", r["job_reaction_p99_ms"], ""),
                     (
                         "operator CPU seconds per 1k tasks (index order)",

@@ -20,6 +20,7 @@ from bench.harness import (
     PodWatcher,
     bench_env,
     gpu_pod_spec,
+    minimal_dispatcher,
     object_size,
     percentile,
     raw_create_ceiling,
@@ -122,34 +123,54 @@ def _run_job(
 
 # ------------------------------------------------------------------------------- scenarios
 def dispatch_rate(scale: Scale, workdir: Path) -> dict[str, Any]:
-    """Pods created per second: raw client ceiling, gpubatch, Indexed Job (same test bed)."""
+    """Pods created per second, side by side on one test bed: the bare-create ceiling of the API
+    server, a minimal dispatcher running the same workload (the pipeline's ceiling), gpubatch
+    and the Indexed Job. Also the fill rate: creates per second until the free GPUs are taken."""
     n = scale.dispatch_tasks
-    pools = [GpuNodePool(name="wide", count=8, gpus=128)]
-    with bench_env(workdir, pools, operator_args=["--max-pending=512"]) as env:
+    gpus, max_pending = 1024, 512
+    pools = [GpuNodePool(name="wide", count=8, gpus=gpus // 8)]
+    fill = min(n, gpus)
+    template = gpu_pod_spec(duration="50ms")
+    with bench_env(workdir, pools, operator_args=[f"--max-pending={max_pending}"]) as env:
         raw_ns = env.namespace("raw")
         ceiling = asyncio.run(raw_create_ceiling(env.testbed, raw_ns, n))
         # The raw pods stay (nobody schedules them): deleting 10k pods now would load the API
-        # server while gpubatch is measured.
-        template = gpu_pod_spec(duration="50ms")
+        # server while the others are measured.
+        loop_ns = env.namespace("loop")
+        with PodWatcher(env.testbed, loop_ns) as loop_watcher:
+            began = time.monotonic()
+            asyncio.run(minimal_dispatcher(env.testbed, loop_ns, n, gpus + max_pending, template))
+            loop_elapsed = time.monotonic() - began
         elapsed, watcher, obj, cost = _run_batch(
             env,
             "gpub",
-            _gpubatch("rate", tasks={"range": {"stop": n}}, template=template, maxPending=512),
+            _gpubatch(
+                "rate", tasks={"range": {"stop": n}}, template=template, maxPending=max_pending
+            ),
             scale.timeout,
         )
         job_elapsed, job_watcher = _run_job(
-            env, "job", _indexed_job("rate", n, 1024, template), scale.timeout
+            env, "job", _indexed_job("rate", n, gpus, template), scale.timeout
         )
     ours = watcher.timeline.creation_rate()
+    pipeline = loop_watcher.timeline.creation_rate()
+    job = job_watcher.timeline.creation_rate()
     return {
         "tasks": n,
         "raw_ceiling_pods_per_s": ceiling,
+        "minimal_dispatcher_pods_per_s": pipeline,
+        "minimal_dispatcher_total_s": loop_elapsed,
         "gpubatch_pods_per_s": ours,
         "gpubatch_vs_ceiling": ours / ceiling,
+        "gpubatch_vs_minimal_dispatcher": ours / pipeline,
         "gpubatch_total_s": elapsed,
-        "job_pods_per_s": job_watcher.timeline.creation_rate(),
+        "job_pods_per_s": job,
         "job_total_s": job_elapsed,
-        "gpubatch_vs_job": ours / job_watcher.timeline.creation_rate(),
+        "gpubatch_vs_job": ours / job,
+        "fill_gpus": fill,
+        "minimal_dispatcher_fill_pods_per_s": loop_watcher.timeline.creation_rate(fill),
+        "gpubatch_fill_pods_per_s": watcher.timeline.creation_rate(fill),
+        "job_fill_pods_per_s": job_watcher.timeline.creation_rate(fill),
         "gpubatch_succeeded": obj["status"]["counts"]["succeeded"],
         "operator_cpu_s_per_1k": cost["cpu_seconds"] / n * 1000,
         "operator_requests_per_task": cost["requests"] / n,
@@ -201,6 +222,9 @@ def makespan(scale: Scale, workdir: Path) -> dict[str, Any]:
             results[f"gpubatch_{label}_ratio"] = elapsed / bound
             results[f"gpubatch_{label}_reaction_p50_ms"] = percentile(latencies, 0.5) * 1000
             results[f"gpubatch_{label}_reaction_p99_ms"] = percentile(latencies, 0.99) * 1000
+            gaps = watcher.timeline.gpu_idle_gaps()
+            results[f"gpubatch_{label}_gpu_idle_p50_ms"] = percentile(gaps, 0.5) * 1000
+            results[f"gpubatch_{label}_gpu_idle_p99_ms"] = percentile(gaps, 0.99) * 1000
             results[f"gpubatch_{label}_cpu_s_per_1k"] = cost["cpu_seconds"] / n * 1000
             results[f"gpubatch_{label}_requests_per_task"] = cost["requests"] / n
             results[f"gpubatch_{label}_succeeded"] = obj["status"]["counts"]["succeeded"]
@@ -212,6 +236,9 @@ def makespan(scale: Scale, workdir: Path) -> dict[str, Any]:
         results["job_ratio"] = job_elapsed / bound
         results["job_reaction_p50_ms"] = percentile(latencies, 0.5) * 1000
         results["job_reaction_p99_ms"] = percentile(latencies, 0.99) * 1000
+        gaps = job_watcher.timeline.gpu_idle_gaps()
+        results["job_gpu_idle_p50_ms"] = percentile(gaps, 0.5) * 1000
+        results["job_gpu_idle_p99_ms"] = percentile(gaps, 0.99) * 1000
         metrics = env.operator.metrics()
     results["operator_reaction_histogram"] = [
         line for line in metrics.splitlines() if line.startswith("gpubatch_reaction_seconds_")

@@ -160,10 +160,17 @@ async def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dic
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="wake_on_batch_change")
-async def wake_on_batch_change(uid: str, **_: Any) -> None:
-    """A spec edit (suspend, parallelism, ...) must act now, not at the next pod event."""
+async def wake_on_batch_change(uid: str, body: kopf.Body, **_: Any) -> None:
+    """A spec edit (suspend, parallelism, ...) must act now, not at the next pod event.
+
+    Only a new generation wakes the batch: every status write of the loop itself comes back as
+    an event, and waking on those doubled the passes (and their API reads of pods and nodes)
+    for nothing."""
     runtime = STATE.runtimes.get(uid)
-    if runtime is not None:
+    if runtime is None:
+        return
+    generation = (body.get("metadata") or {}).get("generation")
+    if runtime.loaded is None or runtime.loaded.generation != generation:
         runtime.wake()
 
 
