@@ -59,6 +59,9 @@ class BatchRuntime:
     ref: BatchRef
     wake_event: asyncio.Event = field(default_factory=asyncio.Event)
     status: GPUBatchStatus | None = None  # the status as this loop last wrote (authoritative)
+    #: Whether this loop's last status write went through. Until one has (a fresh loop, or
+    #: after a refused write), a pass writes the status before it creates anything.
+    status_writable: bool = False
     loaded: LoadedTasks | None = None
     scanned_generation: int | None = None
     scan: ScanResult | None = None
@@ -253,6 +256,12 @@ class Reconciler:
         # neither the status write nor its predecessor's cleanup (reaction latency).
         # Releasing a pod's tracking finalizer must wait for the status write that records its
         # outcome; stops and cleanup follow it too, so the status says why before pods go.
+        # One exception: an operator that cannot record outcomes (a missing RBAC rule, a status
+        # the API server refuses) must not start tasks, or it would run the batch blind. Until
+        # this loop has written a status once (a fresh loop, or after a refused write), the
+        # write goes first and gates the creates.
+        if not runtime.status_writable:
+            await self._write_status(runtime, decided.status)
         # The cursor moves only now: had an earlier pass failed before its creates, the tasks
         # it passed over would never be created (a failed create resets it to 0).
         runtime.cursor = decided.cursor
@@ -292,9 +301,14 @@ class Reconciler:
         if runtime.status is not None and _dump(status) == _dump(runtime.status):
             return
         ref = runtime.ref
-        await self.client.patch_batch_status(ref.namespace, ref.name, _dump(status))
+        try:
+            await self.client.patch_batch_status(ref.namespace, ref.name, _dump(status))
+        except BaseException:
+            runtime.status_writable = False
+            raise
         self.metrics.status_writes.inc()
         runtime.status = status
+        runtime.status_writable = True
 
     async def _stop(self, pod: PodView, reason: str) -> None:
         if await self.client.annotate_pod(
