@@ -123,6 +123,7 @@ def render() -> str:
                         "",
                     ),
                     ("Indexed Job reaction p50 ms", r["job_reaction_p50_ms"], ""),
+                    ("Indexed Job reaction p99 ms", r["job_reaction_p99_ms"], ""),
                     (
                         "freed GPU waits for its next pod, p50 / p99 ms: "
                         "gpubatch index / longest first / Job",
@@ -133,7 +134,6 @@ def render() -> str:
                         ),
                         "",
                     ),
-                    ("Indexed Job reaction p99 ms", r["job_reaction_p99_ms"], ""),
                     (
                         "operator CPU seconds per 1k tasks (index order)",
                         r["gpubatch_index_cpu_s_per_1k"],

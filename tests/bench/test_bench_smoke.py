@@ -27,9 +27,7 @@ def test_benchmark_scenario_runs_at_smoke_size(name: str, tmp_path: Path):
             assert value > 0, (key, result)
 
 
-# The etcd run is in `make chaos` only: it restarts the simulated kubelets too (see chaos.py),
-# and takes longer than a smoke test should.
-@pytest.mark.parametrize("name", [name for name in RUNS if name != "etcd"])
+@pytest.mark.parametrize("name", list(RUNS))
 def test_chaos_run_loses_nothing_at_smoke_size(name: str, tmp_path: Path):
     result = RUNS[name](40, tmp_path)
     assert result["succeeded"] == 40, result
