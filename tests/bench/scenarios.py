@@ -27,6 +27,7 @@ from bench.harness import (
     wait_batch,
     wait_job,
 )
+from bench.simulate import LOGNORMAL_SEED, LOGNORMAL_SIGMA, lower_bound_seconds
 from testbed import GpuNodePool, sim
 
 
@@ -184,9 +185,9 @@ def makespan(scale: Scale, workdir: Path) -> dict[str, Any]:
     Durations come from `sim.lognormal_ms` by task index, which kwok evaluates from one short
     annotation, so both systems run identical durations with no per-pod table."""
     n, gpus = scale.makespan_tasks, 64
-    mean_ms, sigma, seed = scale.mean_seconds * 1000, 0.8, 42
+    mean_ms, sigma, seed = scale.mean_seconds * 1000, LOGNORMAL_SIGMA, LOGNORMAL_SEED
     durations = [sim.lognormal_ms(i, mean_ms, sigma, seed) for i in range(n)]
-    bound = max(sum(durations) / 1000 / gpus, max(durations) / 1000)
+    bound = lower_bound_seconds([ms / 1000 for ms in durations], gpus)
     template = gpu_pod_spec()
     template["metadata"]["annotations"][sim.LOGNORMAL] = sim.lognormal_annotation(
         mean_ms, sigma, seed

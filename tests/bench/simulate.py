@@ -17,6 +17,10 @@ from collections.abc import Sequence
 
 from testbed import sim
 
+# The makespan scenario's log-normal durations: these and the mean fix every task's duration.
+LOGNORMAL_SIGMA = 0.8
+LOGNORMAL_SEED = 42
+
 
 def makespan_seconds(
     durations_s: Sequence[float], order: Sequence[int], gpus: int, overhead_s: float, rate: float
@@ -46,9 +50,10 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=64)
     parser.add_argument("--mean-seconds", type=float, default=4.0)
     args = parser.parse_args()
-    # The same durations as the makespan scenario (sigma 0.8, seed 42).
+    mean_ms = args.mean_seconds * 1000
     durations = [
-        sim.lognormal_ms(i, args.mean_seconds * 1000, 0.8, 42) / 1000 for i in range(args.tasks)
+        sim.lognormal_ms(i, mean_ms, LOGNORMAL_SIGMA, LOGNORMAL_SEED) / 1000
+        for i in range(args.tasks)
     ]
     bound = lower_bound_seconds(durations, args.gpus)
     index_order = list(range(args.tasks))
