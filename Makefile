@@ -68,7 +68,7 @@ integration: venv testbin ## tests against the real control plane test bed
 
 .PHONY: test
 test: venv testbin lint ## everything CI runs: lint, unit, integration and benchmark-smoke tests
-	$(PYTEST) -m "unit or integration or bench" -q
+	$(PYTEST) -m "unit or integration or bench" -q --durations=15
 
 # --- benchmarks and chaos (results: tests/bench/results/, quoted in BENCHMARKS.md) ----------
 .PHONY: bench

@@ -64,8 +64,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 DEMO_POOLS = [
-    GpuNodePool(name="fast", count=2, gpus=8, model="NVIDIA-H100-80GB-HBM3"),
-    GpuNodePool(name="slow", count=2, gpus=8, model="Tesla-T4"),
+    GpuNodePool(name="fast", count=2, gpus=4, model="NVIDIA-H100-80GB-HBM3"),
+    GpuNodePool(name="slow", count=2, gpus=4, model="Tesla-T4"),
 ]
 
 
@@ -126,11 +126,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(bed.kubectl("get", "gpub", "demo-shots").stdout)
     stats = bed.kubectl("get", "gpub", "demo-shots", "-o", "json").stdout
     status = json.loads(stats).get("status") or {}
+    models = status.get("gpuModels") or []
+    total = sum(model["succeeded"] for model in models) or 1
     print("per-GPU-model statistics (succeeded tasks):")
-    for model in status.get("gpuModels") or []:
+    for model in models:
+        share = model["succeeded"] / total
+        mean, p95 = model.get("meanSeconds") or 0, model.get("p95Seconds") or 0
         print(
-            f"  {model['model']:<24} tasks {model['succeeded']:>4}   "
-            f"mean {model.get('meanSeconds') or 0:.2f}s   p95 {model.get('p95Seconds') or 0:.2f}s"
+            f"  {model['model']:<24} tasks {model['succeeded']:>4} ({share:4.0%})"
+            f"   mean {mean:.2f}s   p95 {p95:.2f}s"
         )
     print(f"\nexport KUBECONFIG={bed.kubeconfig}   # then: kubectl get gpub; make testbed-down")
     return 0 if done == "True" else 1
@@ -174,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo = sub.add_parser("demo", help="test bed + operator + the demo batch, watched")
     demo.add_argument("--timeout", type=float, default=300, help="seconds to watch (300)")
+
     sub.add_parser("down", help="stop the test bed (and a demo operator), remove its folder")
     sub.add_parser("status", help="say which components are up")
     args = parser.parse_args(argv)
