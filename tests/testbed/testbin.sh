@@ -176,7 +176,7 @@ total_start=$SECONDS
 missing=()
 for b in "${BINARIES[@]}"; do [[ -x "$dest/$b" ]] || missing+=("$b"); done
 log "building ${missing[*]} into $dest"
-log "estimate for a cold build: 20-25 min on 2 idle cores, 35-40 min when other work shares them"
+log "estimate for a cold build of all eight: about 11 min on 2 idle cores, 20-40 min when other work shares them"
 build_plain kwok "sigs.k8s.io/kwok@$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
 build_plain helm "helm.sh/helm/v3@$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
