@@ -390,26 +390,75 @@ def test_a_reply_that_breaks_the_protocol_fails_the_task_and_ends_the_program(
     assert unrun(report) == [1]
 
 
-# ------------------------------------------------------------------------------ SIGTERM, for real
-DRIVER = """
-import json, signal, sys
-from gpubatch.api.taskenv import TaskEnvironment
-from gpubatch.worker.run import StopRequest
-from gpubatch.worker.warm import WarmWorker, run_set
-
-argv, out_dir = json.loads(sys.argv[1]), sys.argv[2]
-stop = StopRequest()
-signal.signal(signal.SIGTERM, lambda signum, _frame: stop.request(signum))
-tasks = [TaskEnvironment(batch="b", task_index=i, outputs=(f"{out_dir}/{i}.txt",),
-                         require_gpu=False, grace_seconds=2) for i in range(4)]
-def record(task, result):
-    print(json.dumps({"index": task.task_index, "result": result.encode()}), flush=True)
-report = run_set(WarmWorker(argv, stop=stop, grace_seconds=2), tasks, record)
-print(json.dumps({"unrun": [t.task_index for t in report.unrun]}), flush=True)
-"""
+# ---------------------------------------------------------------------- gpubatch-worker --warm
+_CONSOLE_SCRIPT = Path(sys.executable).with_name("gpubatch-worker")
+WORKER = (
+    [str(_CONSOLE_SCRIPT)]
+    if _CONSOLE_SCRIPT.exists()
+    else [sys.executable, "-m", "gpubatch.worker.main"]
+)
 
 
-def test_sigterm_to_the_supervisor_stops_the_program_and_keeps_finished_tasks(
+def task_line(task: TaskEnvironment) -> str:
+    return json.dumps(task.to_environ()) + "\n"
+
+
+def start_warm_worker(bench: Bench, argv: Sequence[str], results: Path) -> subprocess.Popen[str]:
+    environ = dict(os.environ, LOADS=str(bench.loads), SEEN=str(bench.seen), OUT=str(bench.dir))
+    return subprocess.Popen(
+        [*WORKER, "--warm", "--results", str(results), "--", *argv],
+        env=environ,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_records(results: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in results.read_text().splitlines()]
+
+
+def test_the_warm_entrypoint_streams_a_result_per_task_before_reading_the_next(
+    bench: Bench,
+) -> None:
+    results = bench.dir / "results.jsonl"
+    worker = start_warm_worker(bench, program(WRITE_OUTPUTS), results)
+    assert worker.stdin is not None
+    seen_per_result = []
+    for index in range(3):
+        worker.stdin.write(task_line(bench.task(index)))
+        worker.stdin.flush()
+        while not results.exists() or len(results.read_text().splitlines()) <= index:
+            threading.Event().wait(0.02)
+        seen_per_result.append(bench.seen_indexes())
+    worker.stdin.close()
+    worker.wait(timeout=30)
+
+    records = read_records(results)
+    assert [r["index"] for r in records[:3]] == [0, 1, 2]
+    assert [TaskResult.model_validate(r["result"]).outcome for r in records[:3]] == [
+        Outcome.SUCCEEDED
+    ] * 3
+    assert records[3] == {"unrun": [], "end": "its input ended (no more tasks)"}
+    assert seen_per_result == [[0], [0, 1], [0, 1, 2]]
+    assert (worker.returncode, bench.load_count()) == (0, 1)
+
+
+def test_a_bad_task_line_stops_the_warm_entrypoint_with_the_variable_to_fix(
+    bench: Bench,
+) -> None:
+    results = bench.dir / "results.jsonl"
+    worker = start_warm_worker(bench, program(WRITE_OUTPUTS), results)
+    bad = json.dumps({"GPUBATCH_BATCH": "b", "GPUBATCH_TASK_INDEX": "three"})
+    _, _ = worker.communicate(task_line(bench.task(0)) + bad + "\n", timeout=30)
+
+    records = read_records(results)
+    assert worker.returncode == ExitCode.WORKER_ERROR
+    assert [r.get("index") for r in records] == [0, None]
+    assert bench.seen_indexes() == [0]
+
+
+def test_sigterm_to_the_warm_entrypoint_stops_the_program_and_keeps_finished_tasks(
     bench: Bench,
 ) -> None:
     hang_on_one = """
@@ -417,30 +466,32 @@ def test_sigterm_to_the_supervisor_stops_the_program_and_keeps_finished_tasks(
         print("task 1 running", flush=True)
         time.sleep(60)
     """
-    argv = program(hang_on_one, WRITE_OUTPUTS)
-    (bench.dir / "out").mkdir()
-    environ = dict(os.environ, LOADS=str(bench.loads), SEEN=str(bench.seen))
-    driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, json.dumps(argv), str(bench.dir / "out")],
-        env=environ,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert driver.stdout is not None
-    lines = []
-    for line in driver.stdout:
-        lines.append(line)
+    results = bench.dir / "results.jsonl"
+    worker = start_warm_worker(bench, program(hang_on_one, WRITE_OUTPUTS), results)
+    assert worker.stdin is not None and worker.stdout is not None
+    worker.stdin.write("".join(task_line(bench.task(i)) for i in range(4)))
+    worker.stdin.flush()
+    for line in worker.stdout:
         if line.startswith("task 1 running"):
-            driver.send_signal(signal.SIGTERM)
-    driver.wait(timeout=30)
+            worker.send_signal(signal.SIGTERM)
+            break
+    worker.stdin.close()
+    worker.wait(timeout=30)
 
-    records = [json.loads(line) for line in lines if line.startswith("{")]
-    results = {r["index"]: TaskResult.decode(r["result"]) for r in records if "index" in r}
-    assert results[0].outcome is Outcome.SUCCEEDED
-    assert (results[1].outcome, results[1].reason) == (Outcome.FAILED, Reason.INTERRUPTED)
-    assert records[-1] == {"unrun": [2, 3]}
-    pid = int(bench.loads.read_text())
-    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    records = read_records(results)
+    by_index = {r["index"]: TaskResult.model_validate(r["result"]) for r in records[:-1]}
+    assert by_index[0].outcome is Outcome.SUCCEEDED
+    assert (by_index[1].outcome, by_index[1].reason) == (Outcome.FAILED, Reason.INTERRUPTED)
+    assert records[-1]["unrun"] == [2, 3]
+    assert not alive(int(bench.loads.read_text()))
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in {"Z", "X"}
 
 
 # ------------------------------------------------------------------------------ other languages
