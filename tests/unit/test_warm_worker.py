@@ -371,6 +371,39 @@ def test_a_stop_between_tasks_hands_over_nothing_more(bench: Bench) -> None:
     assert bench.seen_indexes() == [0]
 
 
+def test_a_program_that_exits_between_tasks_leaves_the_next_task_unrun(bench: Bench) -> None:
+    # It takes one task and then ends, as a program with a task budget might.
+    report = run_set(
+        bench.worker(program(WRITE_OUTPUTS, "task.done()\nos._exit(0)\n")), bench.tasks(3)
+    )
+
+    assert outcomes(report) == {0: (Outcome.SUCCEEDED, Reason.COMPLETED)}
+    assert unrun(report) == [1, 2]
+
+
+def test_a_program_that_never_reads_its_tasks_fails_the_first_with_a_hint(bench: Bench) -> None:
+    report = run_set(bench.worker(["bash", "-c", "sleep 0.2; exit 0"]), bench.tasks(3))
+
+    first = result_of(report, 0)
+    assert (first.outcome, first.reason) == (Outcome.FAILED, Reason.WORKER_ERROR)
+    assert "without reading task 0" in first.message and "PerTask" in first.message
+    assert unrun(report) == [1, 2]
+
+
+def test_a_program_that_dies_while_loading_fails_the_first_task_only(bench: Bench) -> None:
+    load_fails = [sys.executable, "-c", "raise SystemExit('checkpoint not found')"]
+    report = run_set(bench.worker(load_fails), bench.tasks(3))
+
+    first = result_of(report, 0)
+    assert (first.outcome, first.reason, first.exit_code) == (
+        Outcome.FAILED,
+        Reason.NON_ZERO_EXIT,
+        1,
+    )
+    assert "checkpoint not found" in first.message
+    assert unrun(report) == [1, 2]
+
+
 def test_a_program_that_cannot_start_fails_the_first_task_only(bench: Bench) -> None:
     report = run_set(bench.worker([str(bench.dir / "no-such-program")]), bench.tasks(3))
 

@@ -28,10 +28,13 @@ pod can record progress before the next task starts).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import signal
 import subprocess
+import sys
+import termios
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +91,8 @@ class _Turn:
     term_sent_at: float | None = None
     loading: bool = False
     """The program has not said ready yet and this is its first task."""
+    untaken: bool = False
+    """The program exited without reading any of the task's line."""
     clock_start: float = field(default_factory=time.monotonic)
     """When the task's time started: its hand-over, or the ready notice that came after it."""
 
@@ -172,13 +177,28 @@ class WarmWorker:
             existed_before = _prepare_outputs(task, where)
         except storage.StorageError as err:
             return finish(Outcome.FAILED, ExitCode.WORKER_ERROR, Reason.WORKER_ERROR, str(err))
+        return self._take_turn(task, finish, existed_before, where)
+
+    def _take_turn(
+        self, task: TaskEnvironment, finish: _Finisher, existed_before: frozenset[str], where: str
+    ) -> TaskResult | None:
+        """Start the program if needed, hand the task over, judge the turn."""
         if self._process is None:
             failed_start = self._start(finish)
             if failed_start is not None:
                 return failed_start
         logger.info("%s: handed to the warm program", where)
         turn = self._hand_over(task)
+        if turn is None and self.tasks_handed_over == 0 and self.ended is not None:
+            # It died loading (or never reads): the first task takes the one failure, or a
+            # program that cannot load would be restarted for ever without anything counted.
+            assert self.ended.returncode is not None
+            return self._judge_exit(task, self.ended.returncode, True, finish)
         if turn is None:
+            return None
+        if turn.untaken and turn.exited == 0 and self.tasks_handed_over > 1:
+            # It stopped between tasks, as it may: this one was never taken, so not counted.
+            self._ended("it exited before taking the next task", turn.exited)
             return None
         finish = _Finisher(task, turn.clock_start)
         finish.gpus = self._gpu_identities(task)
@@ -293,31 +313,44 @@ class WarmWorker:
         assert self._process is not None and self._replies is not None
         process, replies = self._process, self._replies
         assert process.stdin is not None
-        pending = WarmTask.from_environment(task).encode().encode()
-        try:
-            pending = pending[os.write(process.stdin.fileno(), pending) :]
-        except BrokenPipeError:
-            self._ended("it exited before taking the next task", process.wait())
+        stdin = process.stdin.fileno()
+        line = WarmTask.from_environment(task).encode().encode()
+        pending = self._send_first(process, line)
+        if pending is None:
             return None
-        except BlockingIOError:
-            pass  # a full pipe (a program still loading, a huge task): written in the loop
         self.tasks_handed_over += 1
         turn = _Turn(loading=self._ready_at is None and self.tasks_handed_over == 1)
         while True:
             if pending:
                 with contextlib.suppress(BlockingIOError, BrokenPipeError):
-                    pending = pending[os.write(process.stdin.fileno(), pending) :]
-            for line in replies.read_lines(POLL_SECONDS):
-                self._take_line(line, task, turn)
+                    pending = pending[os.write(stdin, pending) :]
+            for reply in replies.read_lines(POLL_SECONDS):
+                self._take_line(reply, task, turn)
             if turn.answered and turn.stopped_by is None and not turn.deadline_exceeded:
                 return turn
             returncode = process.poll()
             if returncode is not None:
-                for line in replies.drain():
-                    self._take_line(line, task, turn)
+                for reply in replies.drain():
+                    self._take_line(reply, task, turn)
                 turn.exited = returncode
+                turn.untaken = len(pending) + _unread_bytes(stdin) >= len(line)
                 return turn
             self._enforce_limits(process.pid, task, turn)
+
+    def _send_first(self, process: subprocess.Popen[bytes], line: bytes) -> bytes | None:
+        """Write what the pipe takes of the task line now; the rest (None: the program is
+        gone, e.g. it takes N tasks and then exits, and the task goes back unrun)."""
+        assert process.stdin is not None
+        returncode = process.poll()
+        if returncode is None:
+            try:
+                return line[os.write(process.stdin.fileno(), line) :]
+            except BlockingIOError:
+                return line  # a full pipe (a huge task): written in the wait loop
+            except BrokenPipeError:
+                returncode = process.wait()
+        self._ended("it exited before taking the next task", returncode)
+        return None
 
     def _enforce_limits(self, pgid: int, task: TaskEnvironment, turn: _Turn) -> None:
         """Forward stop requests, stop the program at the deadline, kill it after the grace."""
@@ -396,25 +429,42 @@ class WarmWorker:
                 f'{{"index": {index}, "ok": true}} on the descriptor in {ENV_WARM_RESULT_FD}',
             )
         assert turn.exited is not None
-        end = self._ended(f"it exited while running task {index}", turn.exited)
-        if turn.exited == 0:
+        return self._judge_exit(task, turn.exited, turn.untaken, finish)
+
+    def _judge_exit(
+        self, task: TaskEnvironment, returncode: int, untaken: bool, finish: _Finisher
+    ) -> TaskResult:
+        """The program ended on its own during the task's turn (or before its first task)."""
+        index = task.task_index
+        when = f"before reading task {index}" if untaken else f"while running task {index}"
+        end = self._ended(f"it exited {when}", returncode)
+        if returncode == 0 and untaken:
+            return finish(
+                Outcome.FAILED,
+                ExitCode.WORKER_ERROR,
+                Reason.WORKER_ERROR,
+                f"the program exited 0 without reading task {index} from its stdin: a warm "
+                "program reads one task per line until its input ends (is it a per-task "
+                "program? then leave worker.mode at PerTask)",
+            )
+        if returncode == 0:
             # As for a per-task program that exits 0: its outputs say whether it did the work.
             return _check_outputs(finish, task)
         tail = f"; last stderr: {end.stderr_tail}" if end.stderr_tail else ""
-        if turn.exited < 0:
-            name = signal_name(-turn.exited)
-            hint = " (often the out-of-memory killer)" if -turn.exited == signal.SIGKILL else ""
+        if returncode < 0:
+            name = signal_name(-returncode)
+            hint = " (often the out-of-memory killer)" if -returncode == signal.SIGKILL else ""
             return finish(
                 Outcome.FAILED,
-                signal_exit_code(-turn.exited),
+                signal_exit_code(-returncode),
                 Reason.SIGNALED,
-                f"the warm program was killed by {name}{hint} while running task {index}{tail}",
+                f"the warm program was killed by {name}{hint} {when}{tail}",
             )
         return finish(
             Outcome.FAILED,
-            turn.exited,
+            returncode,
             Reason.NON_ZERO_EXIT,
-            f"the warm program exited with code {turn.exited} while running task {index}{tail}",
+            f"the warm program exited with code {returncode} {when}{tail}",
         )
 
     def _judge_stopped(self, task: TaskEnvironment, turn: _Turn, finish: _Finisher) -> TaskResult:
@@ -528,6 +578,15 @@ def _remove_leftovers(task: TaskEnvironment, existed_before: frozenset[str], whe
         storage.remove(leftovers)
     except storage.StorageError as err:
         logger.warning("%s: could not remove outputs of the failed turn: %s", where, err)
+
+
+def _unread_bytes(fd: int) -> int:
+    """Bytes written to a pipe and not yet read by the other side (FIONREAD)."""
+    try:
+        count = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(count, sys.byteorder, signed=True)
 
 
 class _ReplyReader:
