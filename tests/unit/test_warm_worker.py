@@ -157,6 +157,19 @@ def test_the_task_message_carries_params_outputs_and_attempt(bench: Bench) -> No
     assert outcomes(report) == {4: (Outcome.SUCCEEDED, Reason.COMPLETED)}
 
 
+def test_a_task_larger_than_the_pipe_buffer_still_arrives_whole(bench: Bench) -> None:
+    # 1 MiB of parameters: the hand-over cannot be one write while the program is loading.
+    big = "x" * (1 << 20)
+    check = """
+    assert task.params["caption"] == "x" * (1 << 20)
+    """
+    report = run_set(
+        bench.worker(program(check, WRITE_OUTPUTS)), [bench.task(0, params={"caption": big})]
+    )
+
+    assert outcomes(report) == {0: (Outcome.SUCCEEDED, Reason.COMPLETED)}
+
+
 # ------------------------------------------------------------------------------ isolation
 def test_an_exception_in_one_task_fails_it_alone_and_the_loop_goes_on(bench: Bench) -> None:
     fail_two = """

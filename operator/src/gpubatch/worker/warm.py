@@ -324,7 +324,7 @@ class WarmWorker:
             if pending:
                 with contextlib.suppress(BlockingIOError, BrokenPipeError):
                     pending = pending[os.write(stdin, pending) :]
-            for reply in replies.read_lines(POLL_SECONDS):
+            for reply in replies.read_lines(POLL_SECONDS, also_writable=stdin if pending else None):
                 self._take_line(reply, task, turn)
             if turn.answered and turn.stopped_by is None and not turn.deadline_exceeded:
                 return turn
@@ -597,12 +597,14 @@ class _ReplyReader:
         self._fd: int | None = fd
         self._buffer = bytearray()
 
-    def read_lines(self, timeout: float) -> list[bytes]:
-        if self._fd is None:
-            time.sleep(timeout)  # the program closed its end; only its exit can end the turn
-            return []
-        readable, _, _ = select.select([self._fd], [], [], timeout)
-        if not readable:
+    def read_lines(self, timeout: float, also_writable: int | None = None) -> list[bytes]:
+        """Complete lines that arrive within `timeout`; returns early, maybe with none, when
+        `also_writable` (the rest of a long task line to send) can take more."""
+        writable = [] if also_writable is None else [also_writable]
+        readable, _, _ = select.select(
+            [] if self._fd is None else [self._fd], writable, [], timeout
+        )
+        if not readable or self._fd is None:
             return []
         chunk = os.read(self._fd, 65536)
         if not chunk:
