@@ -285,7 +285,7 @@ def test_a_task_past_its_deadline_stops_the_program_and_leaves_the_rest_unrun(
     bench: Bench,
 ) -> None:
     body = program("if task.index == 1:\n    time.sleep(60)\n", WRITE_OUTPUTS)
-    report = run_set(bench.worker(body), bench.tasks(4, deadline_seconds=1))
+    report = run_set(bench.worker(body), bench.tasks(4, deadline_seconds=3))
 
     assert outcomes(report) == {
         0: (Outcome.SUCCEEDED, Reason.COMPLETED),
@@ -300,13 +300,13 @@ def test_the_model_load_does_not_count_against_the_first_deadline(bench: Bench) 
     # The helper says "ready" after the load; the first task's clock starts there.
     slow_load = program(WRITE_OUTPUTS)
     slow_load[2] = slow_load[2].replace(
-        "import gpubatch.worker", "import gpubatch.worker\ntime.sleep(2)"
+        "import gpubatch.worker", "import gpubatch.worker\ntime.sleep(4)"
     )
     worker = bench.worker(slow_load)
-    report = run_set(worker, bench.tasks(2, deadline_seconds=1))
+    report = run_set(worker, bench.tasks(2, deadline_seconds=3))
 
     assert outcomes(report) == {i: (Outcome.SUCCEEDED, Reason.COMPLETED) for i in range(2)}
-    assert worker.load_seconds is not None and worker.load_seconds >= 2
+    assert worker.load_seconds is not None and worker.load_seconds >= 4
 
 
 def test_a_crash_mid_set_keeps_finished_tasks_and_fails_only_the_running_one(
