@@ -1,8 +1,10 @@
-"""The warm protocol's messages: what a program reads and writes, line by line."""
+"""The warm protocol's messages, and the Python helper that speaks them for a program."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from gpubatch.api.taskenv import TaskEnvironment
 from gpubatch.api.warm import PROTOCOL_VERSION, WarmProtocolError, WarmReply, WarmTask
 from gpubatch.core.partial import partial_paths
+from gpubatch.worker import tasks
 
 pytestmark = pytest.mark.unit
 
@@ -85,3 +88,53 @@ def test_a_failure_without_an_exit_code_stands_for_code_1() -> None:
 def test_a_malformed_reply_says_what_a_reply_looks_like(line: str, problem: str) -> None:
     with pytest.raises(WarmProtocolError, match=re.escape(problem)):
         WarmReply.decode(line)
+
+
+# ------------------------------------------------------------------ gpubatch.worker.tasks()
+def replies_of(fd: int) -> list[dict[str, object]]:
+    with os.fdopen(fd, "rb") as pipe:
+        return [json.loads(line) for line in pipe.read().splitlines()]
+
+
+def test_the_helper_reports_each_task_once_and_goes_on_after_a_failure() -> None:
+    read_end, write_end = os.pipe()
+    lines = b"".join(
+        WarmTask(batch="b", index=i, params={"n": i}).encode().encode() for i in range(4)
+    )
+    environ = {"GPUBATCH_WARM_RESULT_FD": str(write_end)}
+    for task in tasks(environ, io.BytesIO(lines)):
+        if task.index == 3:
+            task.fail("explicit", exit_code=3)
+            continue
+        if task.index == 2:
+            continue  # not reported: done when the next task is asked for
+        with task:
+            if task.index == 1:
+                raise ValueError("bad input")
+    os.close(write_end)
+
+    assert replies_of(read_end) == [
+        {"ready": True},
+        {"index": 0, "ok": True},
+        {"index": 1, "ok": False, "message": "ValueError: bad input"},
+        {"index": 2, "ok": True},
+        {"index": 3, "ok": False, "message": "explicit", "exitCode": 3},
+    ]
+
+
+def test_a_task_reported_twice_is_a_programming_error() -> None:
+    read_end, write_end = os.pipe()
+    line = WarmTask(batch="b", index=0).encode().encode()
+    environ = {"GPUBATCH_WARM_RESULT_FD": str(write_end)}
+    task = next(tasks(environ, io.BytesIO(line)))
+    task.done()
+
+    with pytest.raises(RuntimeError, match="task 0 was already reported"):
+        task.fail("too late")
+    os.close(write_end)
+    os.close(read_end)
+
+
+def test_the_helper_outside_gpubatch_says_how_to_run_the_program() -> None:
+    with pytest.raises(RuntimeError, match="run this program under gpubatch"):
+        tasks({}, io.BytesIO(b""))
