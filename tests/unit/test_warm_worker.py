@@ -490,6 +490,26 @@ def test_the_warm_entrypoint_streams_a_result_per_task_before_reading_the_next(
     assert (worker.returncode, bench.load_count()) == (0, 1)
 
 
+def test_the_warm_entrypoint_runs_a_set_given_as_a_file(bench: Bench) -> None:
+    task_file = bench.dir / "set.jsonl"
+    task_file.write_text("".join(task_line(bench.task(i)) for i in (4, 9, 2)))
+    results = bench.dir / "results.jsonl"
+    environ = dict(os.environ, LOADS=str(bench.loads), SEEN=str(bench.seen))
+    argv = [*WORKER, "--warm", "--tasks", str(task_file), "--results", str(results)]
+    done = subprocess.run(
+        [*argv, "--", *program(WRITE_OUTPUTS)], env=environ, timeout=60, check=False
+    )
+
+    records = read_records(results)
+    assert done.returncode == 0
+    assert [(r["index"], r["result"]["outcome"]) for r in records[:-1]] == [  # type: ignore[index]
+        (4, "succeeded"),
+        (9, "succeeded"),
+        (2, "succeeded"),
+    ]
+    assert records[-1]["unrun"] == []
+
+
 def test_a_bad_task_line_stops_the_warm_entrypoint_with_the_variable_to_fix(
     bench: Bench,
 ) -> None:
