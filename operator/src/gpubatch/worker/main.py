@@ -2,6 +2,8 @@
 
     gpubatch-worker [--] PROGRAM [ARGS...]    run one task (the task itself comes from GPUBATCH_*)
     gpubatch-worker --report-gpus             print the NVML report as JSON (an image smoke test)
+    gpubatch-worker --warm --results PATH [--tasks PATH] -- PROGRAM [ARGS...]
+                                              run many tasks through one long-lived PROGRAM
 
 The container is `command: [gpubatch-worker, --, <user argv...>]`; the `--` is optional when the
 program's name does not start with `-`, so an image whose ENTRYPOINT is `gpubatch-worker` can take
@@ -38,6 +40,7 @@ from gpubatch.api.taskenv import (
 from gpubatch.edges.nvml import probe_gpus
 from gpubatch.worker.run import StopRequest
 from gpubatch.worker.task import logger, run_task, write_result
+from gpubatch.worker.warm_main import warm_main
 
 USAGE = __doc__.split("\n\n")[1] if __doc__ else ""
 
@@ -52,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args[:1] in (["-h"], ["--help"]):
         print(f"usage:\n{USAGE}")
         return 0
+    elif args[:1] == ["--warm"]:
+        return warm_main(args[1:])
     elif args[:1] == ["--report-gpus"]:
         report = probe_gpus()
         print(json.dumps(report.to_dict(), indent=2))
