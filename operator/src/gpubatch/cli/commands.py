@@ -146,9 +146,9 @@ def run(args: argparse.Namespace) -> int:
     )
     notes = [*slots.notes, *runner.check()]
     total = len(prepared.tasks)
-    todo = total - len(scan.done) - len(scan.invalid)
+    todo = total - len(scan.complete) - len(scan.invalid)
     _err(
-        f"gpubatch run: {batch_file.name}: {total} tasks, {todo} to run, {len(scan.done)} "
+        f"gpubatch run: {batch_file.name}: {total} tasks, {todo} to run, {len(scan.complete)} "
         f"already done (outputs exist)" + (f", {len(scan.invalid)} invalid" if scan.invalid else "")
     )
     for slot in slots.slots:

@@ -54,13 +54,13 @@ from gpubatch.api.taskenv import (
 )
 from gpubatch.cli.errors import CliError
 from gpubatch.cli.journal import AttemptRecord, Journal, LocalState, SlotRecord
-from gpubatch.cli.preview import OutputScan
 from gpubatch.cli.progress import ProgressDisplay, RateTracker, progress_line
 from gpubatch.cli.slots import FreeBy, Slot, freest
 from gpubatch.core.errors import SpecError, TaskSpecError
 from gpubatch.core.indexset import IndexSet
 from gpubatch.core.outcome import STOP_BATCH_ENDED
-from gpubatch.core.planner import DispatchOrder, Limits, Observation, TaskAttempt, plan
+from gpubatch.core.outputscan import OutputScan
+from gpubatch.core.planner import Limits, Observation, TaskAttempt, plan
 from gpubatch.core.podspec import WORKER_COMMAND, BatchRef, pod_name, render_pod
 from gpubatch.core.podview import PodView
 from gpubatch.core.prepare import PreparedBatch
@@ -182,10 +182,7 @@ class LocalRunner:
         )
         self._limits = Limits(max_pending=len(slots), max_creates_per_pass=len(slots))
         self._ref = BatchRef(name=name, namespace=LOCAL_NAMESPACE, uid=LOCAL_NAMESPACE)
-        permutation = prepared.order()
-        self._order = DispatchOrder(
-            len(prepared.tasks), None if isinstance(permutation, range) else permutation
-        )
+        self._order = prepared.dispatch_order()
         host = socket.gethostname().split(".")[0]
         self._node = {slot.name: f"{host}/{slot.name}" for slot in slots}
         self._node_models = {self._node[slot.name]: slot.model for slot in slots}
@@ -203,7 +200,7 @@ class LocalRunner:
         self._interrupted = False
         self._records: list[AttemptRecord] = []
         self._rate = RateTracker()
-        self._finished_before = len(scan.done) + len(scan.invalid)
+        self._finished_before = len(scan.complete) + len(scan.invalid)
         self._last_save = 0.0
 
     # ------------------------------------------------------------------------------ checks
@@ -293,7 +290,7 @@ class LocalRunner:
                         ],
                         order=self._order,
                         cursor=self._cursor,
-                        outputs_exist=self.scan.done if first else None,
+                        outputs_exist=self.scan.complete if first else None,
                         node_models=self._node_models,
                         invalid_tasks=self._invalid,
                         limits=self._limits,
