@@ -23,12 +23,12 @@ import yaml
 
 from gpubatch.api.status import GPUBatchStatus, TaskCounts
 from gpubatch.cli.batchfile import load_batch_file, prepare
-from gpubatch.cli.journal import Journal, LocalState, read_attempts
-from gpubatch.cli.local import LocalRunner, RunOptions
 from gpubatch.cli.main import main
 from gpubatch.cli.preview import scan_outputs
-from gpubatch.cli.slots import Slot
 from gpubatch.edges.nvml import GpuDevice, GpuReport
+from gpubatch.local.journal import Journal, LocalState, read_attempts
+from gpubatch.local.runner import LocalRunner, RunOptions
+from gpubatch.local.slots import Slot
 
 pytestmark = pytest.mark.unit
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from gpubatch.cli.errors import CliError, Exit
 from gpubatch.cli.main import build_parser, main
-from gpubatch.cli.slots import CPU_MODEL, Slot, freest, plan_slots
 from gpubatch.edges.nvml import GpuDevice, GpuReport, probe_gpus
+from gpubatch.local.errors import LocalError
+from gpubatch.local.slots import CPU_MODEL, Slot, freest, plan_slots
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +52,7 @@ def test_gpus_option_picks_cards_by_index_or_uuid():
 
 
 def test_gpus_option_naming_an_absent_card_lists_the_cards_there_are():
-    with pytest.raises(CliError, match=r"--gpus '5' matches no single GPU here.*0 \(GPU-fake"):
+    with pytest.raises(LocalError, match=r"--gpus '5' matches no single GPU here.*0 \(GPU-fake"):
         plan_slots(fake_report(fake_gpu(0)), gpus="5")
 
 
@@ -64,16 +64,16 @@ def test_tasks_needing_two_gpus_get_slots_of_two_and_a_spare_card_is_reported():
 
 
 def test_too_few_gpus_for_one_task_is_an_environment_error():
-    with pytest.raises(CliError) as caught:
+    with pytest.raises(LocalError) as caught:
         plan_slots(fake_report(fake_gpu(0)), gpus_per_task=2)
-    assert caught.value.code == Exit.ENVIRONMENT
+    assert caught.value.environment
 
 
 def test_gpu_models_from_the_spec_select_matching_local_cards():
     report = fake_report(fake_gpu(0, "Tesla T4"), fake_gpu(1, "NVIDIA A100-SXM4-80GB"))
     plan = plan_slots(report, gpu_models=["NVIDIA-A100-SXM4-80GB"])  # the GFD label form
     assert [s.name for s in plan.slots] == ["gpu1"]
-    with pytest.raises(CliError, match="matches none of this machine's GPUs"):
+    with pytest.raises(LocalError, match="matches none of this machine's GPUs"):
         plan_slots(report, gpu_models=["NVIDIA-H100-80GB-HBM3"])
     chosen = plan_slots(report, gpus="0", gpu_models=["NVIDIA-H100-80GB-HBM3"])
     assert [s.name for s in chosen.slots] == ["gpu0"]
@@ -90,18 +90,18 @@ def test_cpu_slots_only_when_asked_and_they_hide_every_gpu():
 
 
 def test_asking_for_gpus_and_cpu_slots_at_once_is_refused():
-    with pytest.raises(CliError, match="not both"):
+    with pytest.raises(LocalError, match="not both"):
         plan_slots(fake_report(fake_gpu(0)), gpus="0", cpu_slots=1)
-    with pytest.raises(CliError, match="at least 1"):
+    with pytest.raises(LocalError, match="at least 1"):
         plan_slots(fake_report(), cpu_slots=0)
 
 
 def test_without_a_gpu_nothing_runs_unless_cpu_slots_are_asked_for():
     report = probe_gpus()  # this machine's real answer: no NVIDIA driver
     assert not report.available
-    with pytest.raises(CliError) as caught:
+    with pytest.raises(LocalError) as caught:
         plan_slots(report)
-    assert caught.value.code == Exit.ENVIRONMENT
+    assert caught.value.environment
     assert "--slots N" in str(caught.value) and "Nothing was run" in str(caught.value)
 
 

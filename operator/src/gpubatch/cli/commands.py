@@ -16,13 +16,10 @@ from gpubatch.api.names import DEFAULT_GPU_MODEL_LABEL
 from gpubatch.api.status import GPUBatchStatus
 from gpubatch.cli.batchfile import load_batch_file, prepare
 from gpubatch.cli.errors import CliError, Exit
-from gpubatch.cli.journal import load_state, read_attempts, state_dir
-from gpubatch.cli.local import LocalRunner, RunOptions
 from gpubatch.cli.preview import listing as task_listing
 from gpubatch.cli.preview import scan_outputs, summary, task_rows
-from gpubatch.cli.progress import ProgressDisplay
+from gpubatch.cli.progress import ProgressDisplay, ProgressReporter
 from gpubatch.cli.report import batch_report, local_report, slot_table
-from gpubatch.cli.slots import plan_slots
 from gpubatch.cli.statusview import (
     all_succeeded,
     batch_state,
@@ -37,6 +34,9 @@ from gpubatch.core.errors import SpecError
 from gpubatch.core.podspec import BatchRef, render_pod
 from gpubatch.core.podview import pod_view
 from gpubatch.edges.nvml import GpuReport, probe_gpus
+from gpubatch.local.journal import load_state, read_attempts, state_dir
+from gpubatch.local.runner import LocalRunner, RunOptions
+from gpubatch.local.slots import plan_slots
 
 
 def _err(text: str) -> None:
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             freest_first=args.free_by if args.freest_first else None,
             verbose=args.verbose,
         ),
-        display=display,
+        display=ProgressReporter(batch_file.name, display, len(scan.complete) + len(scan.invalid)),
     )
     notes = [*slots.notes, *runner.check()]
     total = len(prepared.tasks)
@@ -158,7 +158,10 @@ def run(args: argparse.Namespace) -> int:
     if scan.problem:
         _err(f"  note: {scan.problem}; each task's worker checks its own outputs")
     _err(f"  records and logs: {folder}/")
-    outcome = runner.run()
+    try:
+        outcome = runner.run()
+    finally:
+        display.close()
     status = outcome.status
     state = "interrupted" if outcome.interrupted else batch_state(status)
     print(f"{batch_file.name}: {state} - {summary_line(status)}")

@@ -23,6 +23,7 @@ from gpubatch import __version__
 from gpubatch.cli import commands
 from gpubatch.cli.errors import CliError, Exit
 from gpubatch.core.errors import SpecError
+from gpubatch.local.errors import LocalError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as err:
         print(f"gpubatch {args.command}: {err}", file=sys.stderr)
         return int(err.code)
+    except LocalError as err:
+        print(f"gpubatch {args.command}: {err}", file=sys.stderr)
+        return int(Exit.ENVIRONMENT if err.environment else Exit.USAGE)
     except SpecError as err:
         print(f"gpubatch {args.command}: {err}", file=sys.stderr)
         return int(Exit.USAGE)

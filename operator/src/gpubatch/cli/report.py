@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gpubatch.api.status import GPUBatchStatus
-from gpubatch.cli.journal import AttemptRecord, LocalState, SlotRecord
 from gpubatch.cli.statusview import failures_table, model_table, summary_line
 from gpubatch.cli.table import format_duration, format_table
+from gpubatch.local.journal import AttemptRecord, LocalState, SlotRecord
 
 SLOT_HEADERS = ["slot", "device", "tasks", "failed", "busy", "mean", "utilisation"]
 

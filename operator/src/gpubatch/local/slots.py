@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from gpubatch.cli.errors import CliError, Exit
 from gpubatch.edges.nvml import CUDA_VISIBLE_DEVICES, GpuDevice, GpuReport
+from gpubatch.local.errors import LocalError
 
 CPU_MODEL: Final = "CPU (no GPU)"
 FreeBy = Literal["bytes", "ratio"]
@@ -78,12 +78,12 @@ def plan_slots(
     gpu_models: Sequence[str] | None = None,
     require_gpu: bool = True,
 ) -> SlotPlan:
-    """The slots to run on; CliError when there are none, with what to do instead."""
+    """The slots to run on; LocalError when there are none, with what to do instead."""
     if gpus is not None and cpu_slots is not None:
-        raise CliError("choose GPUs (--gpus) or CPU slots (--slots), not both")
+        raise LocalError("choose GPUs (--gpus) or CPU slots (--slots), not both")
     if cpu_slots is not None:
         if cpu_slots < 1:
-            raise CliError("--slots needs a number of CPU workers of at least 1")
+            raise LocalError("--slots needs a number of CPU workers of at least 1")
         note = (
             f"{cpu_slots} CPU slot(s) as asked (--slots): tasks run WITHOUT a GPU "
             "(CUDA_VISIBLE_DEVICES='')"
@@ -91,10 +91,10 @@ def plan_slots(
         )
         return SlotPlan(tuple(Slot(f"cpu{i}") for i in range(cpu_slots)), (note,))
     if not report.available:
-        raise CliError(
+        raise LocalError(
             f"{report.summary()}.\nNothing was run. To run this batch on the CPU, ask for CPU "
             "workers explicitly: gpubatch run FILE --slots N (tasks then run without a GPU)",
-            Exit.ENVIRONMENT,
+            environment=True,
         )
     notes: list[str] = []
     if gpus is not None:
@@ -107,16 +107,16 @@ def plan_slots(
             chosen = [d for d in chosen if _model_matches(d.name, gpu_models)]
             if not chosen:
                 found = ", ".join(sorted({d.name for d in report.devices}))
-                raise CliError(
+                raise LocalError(
                     f"spec.gpuModels ({', '.join(gpu_models)}) matches none of this machine's "
                     f"GPUs ({found}); pick GPUs yourself with --gpus",
-                    Exit.ENVIRONMENT,
+                    environment=True,
                 )
     if len(chosen) < gpus_per_task:
-        raise CliError(
+        raise LocalError(
             f"each task needs {gpus_per_task} GPUs (spec.gpusPerTask) but only {len(chosen)} "
             "are available to this run",
-            Exit.ENVIRONMENT,
+            environment=True,
         )
     groups = [
         tuple(chosen[i : i + gpus_per_task])
@@ -156,7 +156,7 @@ def freest(idle: Sequence[Slot], report: GpuReport, by: FreeBy = "bytes") -> Slo
 def _select(devices: Sequence[GpuDevice], wanted: str) -> list[GpuDevice]:
     entries = [e.strip() for e in wanted.split(",") if e.strip()]
     if not entries:
-        raise CliError("--gpus needs a list such as 0,2 (NVML indexes or GPU UUIDs)")
+        raise LocalError("--gpus needs a list such as 0,2 (NVML indexes or GPU UUIDs)")
     chosen: list[GpuDevice] = []
     for entry in entries:
         matches = [d for d in devices if d.label == entry or d.uuid == entry]
@@ -164,7 +164,7 @@ def _select(devices: Sequence[GpuDevice], wanted: str) -> list[GpuDevice]:
             matches = [d for d in devices if d.uuid.startswith(entry)]
         if len(matches) != 1:
             known = ", ".join(f"{d.label} ({d.uuid})" for d in devices)
-            raise CliError(f"--gpus {entry!r} matches no single GPU here; the GPUs are: {known}")
+            raise LocalError(f"--gpus {entry!r} matches no single GPU here; the GPUs are: {known}")
         if matches[0] not in chosen:
             chosen.append(matches[0])
     return chosen

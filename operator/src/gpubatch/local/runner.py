@@ -6,9 +6,10 @@ Local mode is not a second implementation of gpubatch. It reuses, unchanged:
   attempts are retried after which backoff (spec.retry), which are final failures, when the batch
   is Complete or Failed (maxFailedTasks, activeDeadlineSeconds) and what the status says. Each
   running worker is presented to it as a `PodView`, as a kubelet would report a pod;
-- `core.podspec.render_pod`: each task attempt is rendered into the very pod the operator would
-  create; its task container's command, args and env (GPUBATCH_* included) are what runs here.
-  The image, volumes and resources are ignored: the command runs directly on this machine;
+- `core.invocation.task_invocation`: what each attempt runs (argv, env values, the GPUBATCH_*
+  task contract, the deadline), the same function `render_pod` puts into the operator's pods.
+  The image, volumes and resources of the pod template are not used: the command runs directly
+  on this machine;
 - `gpubatch-worker`: each attempt is a `gpubatch-worker` process, the entrypoint of every task
   pod, so the skip check, the GPU check, atomic outputs, the deadline, signal handling and the
   result record are the pod's.
@@ -41,31 +42,31 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from gpubatch.api.result import Outcome, TaskResult, signal_exit_code
 from gpubatch.api.spec import GPUBatchSpec
-from gpubatch.api.status import GPUBatchStatus
+from gpubatch.api.status import GPUBatchStatus, TaskCounts
 from gpubatch.api.taskenv import (
     ENV_GRACE_SECONDS,
     ENV_NODE_NAME,
     ENV_REQUIRE_GPU,
     ENV_RESULT_PATH,
 )
-from gpubatch.cli.errors import CliError
-from gpubatch.cli.journal import AttemptRecord, Journal, LocalState, SlotRecord
-from gpubatch.cli.progress import ProgressDisplay, RateTracker, progress_line
-from gpubatch.cli.slots import FreeBy, Slot, freest
-from gpubatch.core.errors import SpecError, TaskSpecError
+from gpubatch.core.errors import TaskSpecError
 from gpubatch.core.indexset import IndexSet
+from gpubatch.core.invocation import task_invocation
 from gpubatch.core.outcome import STOP_BATCH_ENDED
 from gpubatch.core.outputscan import OutputScan
 from gpubatch.core.planner import Limits, Observation, TaskAttempt, plan
-from gpubatch.core.podspec import WORKER_COMMAND, BatchRef, pod_name, render_pod
+from gpubatch.core.podspec import pod_name
 from gpubatch.core.podview import PodView
 from gpubatch.core.prepare import PreparedBatch
 from gpubatch.edges import storage
 from gpubatch.edges.nvml import GpuReport, probe_gpus
+from gpubatch.local.errors import LocalError
+from gpubatch.local.journal import AttemptRecord, Journal, LocalState, SlotRecord
+from gpubatch.local.slots import FreeBy, Slot, freest
 
 WORKER_ARGV: Final = (sys.executable, "-m", "gpubatch.worker.main", "--")
 LOCAL_NAMESPACE: Final = "local"
@@ -75,6 +76,24 @@ POLL_SECONDS: Final = 0.05
 SAVE_EVERY_SECONDS: Final = 1.0
 #: After the workers' own grace, how long to wait before killing a worker that did not exit.
 KILL_AFTER_GRACE_SECONDS: Final = 5.0
+
+
+class Reporter(Protocol):
+    """Where the runner reports as it goes (the CLI draws a progress line and prints messages)."""
+
+    def message(self, text: str) -> None:
+        """A line for the user: a task failed, the run is stopping."""
+
+    def progress(self, counts: TaskCounts, *, force: bool = False) -> None:
+        """The task counts now (`force`: draw even if one was drawn a moment ago)."""
+
+
+class _Silent:
+    def message(self, text: str) -> None:
+        pass
+
+    def progress(self, counts: TaskCounts, *, force: bool = False) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -161,17 +180,17 @@ class LocalRunner:
         slots: tuple[Slot, ...],
         options: RunOptions,
         *,
-        display: ProgressDisplay | None = None,
+        display: Reporter | None = None,
         gpu_reporter: Callable[[], GpuReport] = probe_gpus,
     ) -> None:
         if not slots:
-            raise CliError("no slots to run on")
+            raise LocalError("no slots to run on")
         self.name = name
         self.prepared = prepared
         self.scan = scan
         self.slots = slots
         self.options = options
-        self.display = display if display is not None else ProgressDisplay(enabled=False)
+        self.display: Reporter = display if display is not None else _Silent()
         self._gpu_reporter = gpu_reporter
         spec = prepared.spec
         parallelism = min(spec.parallelism or len(slots), len(slots))
@@ -181,7 +200,6 @@ class LocalRunner:
             update={"parallelism": parallelism, "max_pending": None}
         )
         self._limits = Limits(max_pending=len(slots), max_creates_per_pass=len(slots))
-        self._ref = BatchRef(name=name, namespace=LOCAL_NAMESPACE, uid=LOCAL_NAMESPACE)
         self._order = prepared.dispatch_order()
         host = socket.gethostname().split(".")[0]
         self._node = {slot.name: f"{host}/{slot.name}" for slot in slots}
@@ -199,8 +217,6 @@ class LocalRunner:
         self._replan = False
         self._interrupted = False
         self._records: list[AttemptRecord] = []
-        self._rate = RateTracker()
-        self._finished_before = len(scan.complete) + len(scan.invalid)
         self._last_save = 0.0
 
     # ------------------------------------------------------------------------------ checks
@@ -212,7 +228,7 @@ class LocalRunner:
             return []
         argv, _ = self._task_process(index, 0, self.slots[0])
         if not argv:
-            raise CliError(
+            raise LocalError(
                 "the task container sets no command: local mode runs the command (and args) "
                 "of the pod template's task container on this machine; set command"
             )
@@ -259,7 +275,6 @@ class LocalRunner:
             self._abandon()
             self._save(force=True)
             self._show(force=True)
-            self.display.close()
         return LocalOutcome(
             status=self._status,
             records=self._records,
@@ -375,29 +390,21 @@ class LocalRunner:
     def _task_process(
         self, index: int, attempt: int, slot: Slot
     ) -> tuple[list[str], dict[str, str]]:
-        """The argv and environment of one attempt's worker, from the pod the operator would
-        create for it: the task container's command and env, with this slot's pinning."""
-        spec = self.prepared.spec
-        try:
-            pod = render_pod(self._ref, spec, self.prepared.render(index), attempt)
-        except TaskSpecError:
-            raise
-        except SpecError as err:
-            raise CliError(str(err)) from None
-        container = pod["spec"]["containers"][spec.task_container_index()]
-        command = list(container.get("command") or [])
-        if tuple(command[: len(WORKER_COMMAND)]) == WORKER_COMMAND:
-            argv = command[len(WORKER_COMMAND) :]
-        else:  # worker.wrap: false renders the command as is
-            argv = [*command, *(container.get("args") or [])]
+        """The argv and environment of one attempt's worker (core.invocation, as a pod gets
+        it): the task container's command and env values, the task contract, this slot's
+        pinning."""
+        invocation = task_invocation(
+            self.name, self.prepared.spec, self.prepared.render(index), attempt
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUBATCH_")}
-        env.update({e["name"]: str(e["value"]) for e in container.get("env") or [] if "value" in e})
+        env.update(invocation.env)
+        env.update(invocation.task.to_environ())
         env.update(slot.environ())
         env[ENV_NODE_NAME] = self._node[slot.name]
         env[ENV_GRACE_SECONDS] = f"{self.options.grace_seconds:g}"
         if not slot.is_gpu:
             env[ENV_REQUIRE_GPU] = "false"  # the user asked for CPU slots (--slots)
-        return argv, env
+        return list(invocation.argv), env
 
     def _output_guard(self, outputs: tuple[str, ...]) -> Callable[[], list[str]]:
         """What to delete if this attempt does not succeed: outputs it created.
@@ -575,13 +582,7 @@ class LocalRunner:
                 "pending": max(0, status_counts.total - status_counts.finished() - running),
             }
         )
-        now = time.monotonic()
-        self._rate.observe(now, counts.finished() - self._finished_before)
-        remaining = counts.total - counts.finished()
-        self.display.update(
-            progress_line(self.name, counts, self._rate.rate(), self._rate.eta(remaining)),
-            force=force,
-        )
+        self.display.progress(counts, force=force)
 
     def _save(self, *, force: bool = False) -> None:
         now = time.monotonic()

@@ -30,7 +30,7 @@ from pydantic.alias_generators import to_camel
 
 from gpubatch.api.result import Outcome, TaskResult
 from gpubatch.api.status import GPUBatchStatus
-from gpubatch.cli.errors import CliError, Exit
+from gpubatch.local.errors import LocalError
 
 STATE_ROOT: Final = ".gpubatch"
 STATUS_FILE: Final = "status.json"
@@ -116,18 +116,18 @@ class Journal:
 
 
 def load_state(folder: Path) -> LocalState:
-    """The last saved status of a local run; CliError (exit 3) when there is none."""
+    """The last saved status of a local run; LocalError (environment) when there is none."""
     path = folder / STATUS_FILE
     try:
         return LocalState.model_validate_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CliError(
+        raise LocalError(
             f"no local run recorded in {folder}/ (run the batch with `gpubatch run FILE` from "
             "this directory, or point --state-dir at its folder)",
-            Exit.ENVIRONMENT,
+            environment=True,
         ) from None
     except (OSError, ValidationError, ValueError) as err:
-        raise CliError(f"cannot read {path}: {err}", Exit.ENVIRONMENT) from None
+        raise LocalError(f"cannot read {path}: {err}", environment=True) from None
 
 
 def read_attempts(folder: Path, run: str | None = None) -> list[AttemptRecord]:
