@@ -97,7 +97,7 @@ def records(tmp_path: Path) -> list[Any]:
     return read_attempts(tmp_path / "state")
 
 
-def test_run_executes_every_task_through_the_worker_and_records_each_attempt(tmp_path, capsys):
+def test_run_executes_every_task_under_the_supervisor_and_records_each_attempt(tmp_path, capsys):
     path = batch_file(tmp_path, WRITE)
     assert run(path, tmp_path) == 0
     assert outputs(tmp_path) == {f"n{i}.txt": f"shot {i}" for i in range(4)}
@@ -106,7 +106,7 @@ def test_run_executes_every_task_through_the_worker_and_records_each_attempt(tmp
     assert {r.outcome for r in done} == {"succeeded"}
     assert {r.slot for r in done} <= {"cpu0", "cpu1"}
     log = Path(done[0].log).read_text()
-    assert "[gpubatch-worker]" in log and "succeeded" in log
+    assert "[gpubatch] task " in log and "succeeded" in log
     out = capsys.readouterr().out
     assert "shots: Complete - 4 tasks: 4 succeeded, 0 failed, 0 skipped" in out
     assert "speed-up over one slot" in out

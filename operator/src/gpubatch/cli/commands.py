@@ -14,7 +14,7 @@ from typing import Any
 
 from gpubatch.api.names import DEFAULT_GPU_MODEL_LABEL
 from gpubatch.api.status import GPUBatchStatus
-from gpubatch.cli.batchfile import load_batch_file, prepare
+from gpubatch.cli.batchfile import BatchFile, load_batch_file, prepare
 from gpubatch.cli.errors import CliError, Exit
 from gpubatch.cli.preview import listing as task_listing
 from gpubatch.cli.preview import scan_outputs, summary, task_rows
@@ -33,10 +33,12 @@ from gpubatch.cli.watch import follow
 from gpubatch.core.errors import SpecError
 from gpubatch.core.podspec import BatchRef, render_pod
 from gpubatch.core.podview import pod_view
+from gpubatch.core.prepare import PreparedBatch
 from gpubatch.edges.nvml import GpuReport, probe_gpus
 from gpubatch.local.journal import load_state, read_attempts, state_dir
+from gpubatch.local.lock import StateLock, claim
 from gpubatch.local.runner import LocalRunner, RunOptions
-from gpubatch.local.slots import plan_slots
+from gpubatch.local.slots import SlotPlan, plan_slots
 
 
 def _err(text: str) -> None:
@@ -128,8 +130,25 @@ def run(args: argparse.Namespace) -> int:
         gpu_models=spec.gpu_models,
         require_gpu=spec.worker.require_gpu,
     )
-    scan = scan_outputs(prepared)
     folder = state_dir(batch_file.name, args.state_dir)
+    # Claimed before the scan: a run still going (or its tasks) is refused, and what a killed
+    # run left half-written is removed before anything is taken for finished work.
+    lock = claim(folder)
+    try:
+        return _run_claimed(batch_file, prepared, slots, args, folder, lock)
+    finally:
+        lock.release()
+
+
+def _run_claimed(
+    batch_file: BatchFile,
+    prepared: PreparedBatch,
+    slots: SlotPlan,
+    args: argparse.Namespace,
+    folder: Path,
+    lock: StateLock,
+) -> int:
+    scan = scan_outputs(prepared)
     display = ProgressDisplay(enabled=not args.no_progress)
     runner = LocalRunner(
         batch_file.name,
@@ -143,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
             verbose=args.verbose,
         ),
         display=ProgressReporter(batch_file.name, display, len(scan.complete) + len(scan.invalid)),
+        lock=lock,
     )
     notes = [*slots.notes, *runner.check()]
     total = len(prepared.tasks)
@@ -174,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
     if status.recent_failures:
         print("\nrecent failures (newest last):")
         print(failures_table(status, limit=10))
+    if outcome.stopped_because:
+        print(f"\nstopped: a task's command cannot start ({outcome.stopped_because}); fix it")
+        return int(Exit.USAGE)
     if outcome.interrupted:
         print("\nstopped: run the same command again to continue (finished tasks are skipped)")
         return int(Exit.INTERRUPTED)

@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -42,40 +41,38 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
-from gpubatch.api.result import Outcome, TaskResult, signal_exit_code
+from gpubatch.api.result import Reason
 from gpubatch.api.spec import GPUBatchSpec
 from gpubatch.api.status import GPUBatchStatus, TaskCounts
-from gpubatch.api.taskenv import (
-    ENV_GRACE_SECONDS,
-    ENV_NODE_NAME,
-    ENV_REQUIRE_GPU,
-    ENV_RESULT_PATH,
-)
 from gpubatch.core.errors import TaskSpecError
 from gpubatch.core.indexset import IndexSet
 from gpubatch.core.invocation import task_invocation
 from gpubatch.core.outcome import STOP_BATCH_ENDED
 from gpubatch.core.outputscan import OutputScan
+from gpubatch.core.partial import partial_paths
 from gpubatch.core.planner import Limits, Observation, TaskAttempt, plan
-from gpubatch.core.podspec import pod_name
 from gpubatch.core.podview import PodView
 from gpubatch.core.prepare import PreparedBatch
 from gpubatch.edges import storage
 from gpubatch.edges.nvml import GpuReport, probe_gpus
+from gpubatch.local import attempt as attempts
+from gpubatch.local.attempt import Attempt, AttemptEnd, Launch
 from gpubatch.local.errors import LocalError
 from gpubatch.local.journal import AttemptRecord, Journal, LocalState, SlotRecord
+from gpubatch.local.lock import StateLock, claim
 from gpubatch.local.slots import FreeBy, Slot, freest
+from gpubatch.worker.run import Lifetime
 
-WORKER_ARGV: Final = (sys.executable, "-m", "gpubatch.worker.main", "--")
-LOCAL_NAMESPACE: Final = "local"
-#: How often finished workers and signals are looked at between planner passes.
-POLL_SECONDS: Final = 0.05
+#: At most this long between progress redraws (and checks of timers) when nothing happens.
+IDLE_WAKE_SECONDS: Final = 0.25
 #: How often status.json is rewritten while the run goes on.
 SAVE_EVERY_SECONDS: Final = 1.0
-#: After the workers' own grace, how long to wait before killing a worker that did not exit.
+#: After the tasks' own grace, how long the planner waits before it reports a stop as stuck.
 KILL_AFTER_GRACE_SECONDS: Final = 5.0
+#: Results that mean the command cannot start at all: the batch's configuration is wrong.
+CANNOT_START: Final = frozenset({Reason.COMMAND_NOT_FOUND, Reason.COMMAND_NOT_EXECUTABLE})
 
 
 class Reporter(Protocol):
@@ -114,56 +111,12 @@ class LocalOutcome:
     records: list[AttemptRecord]
     wall_seconds: float
     interrupted: bool
-
-
-@dataclass
-class _Attempt:
-    """A task attempt whose worker is running in a slot."""
-
-    index: int
-    attempt: int
-    slot: Slot
-    process: subprocess.Popen[bytes]
-    log: Path
-    started: float
-    created_by_us: Callable[[], list[str]]
-    deadline_slack: float = 0.0
-    stop_reason: str | None = None
-
-    def view(self, node: str, **terminal: Any) -> PodView:
-        """This attempt as the planner sees pods: Running, or terminal once it ended."""
-        fields: dict[str, Any] = {
-            "phase": "Running",
-            "exit_code": None,
-            "message": "",
-            "finished_at": None,
-        }
-        fields.update(terminal)
-        return PodView(
-            name=pod_name("local", self.index, self.attempt),
-            namespace=LOCAL_NAMESPACE,
-            batch_uid=LOCAL_NAMESPACE,
-            index=self.index,
-            attempt=self.attempt,
-            node=node,
-            deleting=self.stop_reason is not None,
-            tracked=False,
-            reason="",
-            disruption=None,
-            stop_reason=self.stop_reason,
-            created_at=self.started,
-            # The worker enforces taskDeadlineSeconds itself and reports DeadlineExceeded. The
-            # planner stops attempts past the deadline too; shifting the start it sees by the
-            # worker's grace makes that a backstop (as the kubelet's activeDeadlineSeconds is
-            # on a cluster) instead of a race that would report the stop as Interrupted.
-            started_at=self.started + self.deadline_slack,
-            **fields,
-        )
+    stopped_because: str | None = None  # the batch cannot run as configured
 
 
 @dataclass
 class _Ended:
-    """An attempt whose worker exited, waiting for the next planner pass to judge it."""
+    """An attempt that ended, waiting for the next planner pass to judge it."""
 
     record: AttemptRecord
     view: PodView
@@ -182,7 +135,10 @@ class LocalRunner:
         *,
         display: Reporter | None = None,
         gpu_reporter: Callable[[], GpuReport] = probe_gpus,
+        lock: StateLock | None = None,
     ) -> None:
+        """`lock`: the state folder, already claimed (`local.lock.claim`) before the output scan;
+        without one, `run` claims it."""
         if not slots:
             raise LocalError("no slots to run on")
         self.name = name
@@ -192,6 +148,7 @@ class LocalRunner:
         self.options = options
         self.display: Reporter = display if display is not None else _Silent()
         self._gpu_reporter = gpu_reporter
+        self._lock = lock
         spec = prepared.spec
         parallelism = min(spec.parallelism or len(slots), len(slots))
         # The planner never starts more tasks than there are slots, and never holds any back
@@ -204,11 +161,14 @@ class LocalRunner:
         host = socket.gethostname().split(".")[0]
         self._node = {slot.name: f"{host}/{slot.name}" for slot in slots}
         self._node_models = {self._node[slot.name]: slot.model for slot in slots}
+        # What every task's environment starts from: ours without any GPUBATCH_* of our own.
+        self._base_environ = {k: v for k, v in os.environ.items() if not k.startswith("GPUBATCH_")}
         self._run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        self.journal = Journal(options.state_dir, self._run_id)
+        self.journal: Journal | None = None
         self._status = GPUBatchStatus()
         self._cursor = 0
-        self._active: dict[tuple[int, int], _Attempt] = {}
+        self._active: dict[tuple[int, int], Attempt] = {}
+        self._done: queue.SimpleQueue[AttemptEnd | None] = queue.SimpleQueue()
         self._ended: list[_Ended] = []
         self._invalid = dict(scan.invalid)
         self._idle: list[Slot] = list(slots)
@@ -216,6 +176,7 @@ class LocalRunner:
         self._stopping = False
         self._replan = False
         self._interrupted = False
+        self._cannot_start: str | None = None
         self._records: list[AttemptRecord] = []
         self._last_save = 0.0
 
@@ -226,8 +187,8 @@ class LocalRunner:
         index = next((i for i in range(len(self.prepared.tasks)) if i not in self._invalid), None)
         if index is None:
             return []
-        argv, _ = self._task_process(index, 0, self.slots[0])
-        if not argv:
+        rendered = self.prepared.render(index)
+        if not task_invocation(self.name, self.prepared.spec, rendered, 0).argv:
             raise LocalError(
                 "the task container sets no command: local mode runs the command (and args) "
                 "of the pod template's task container on this machine; set command"
@@ -243,7 +204,7 @@ class LocalRunner:
         ignored = [k for k in ("workingDir", "volumeMounts", "resources") if k in extra]
         what = f"the image ({image})" if image else "the image"
         notes.append(
-            f"each task's command runs directly on this machine through gpubatch-worker; {what}"
+            f"each task's command runs directly on this machine, supervised by gpubatch; {what}"
             + (f" and the container's {', '.join(ignored)} are" if ignored else " is")
             + " not used"
         )
@@ -253,9 +214,7 @@ class LocalRunner:
                 f"env {', '.join(from_elsewhere)} come from Kubernetes (valueFrom) and are not set"
             )
         if not spec.worker.wrap:
-            notes.append(
-                "worker.wrap: false is set aside: local tasks always run through the worker"
-            )
+            notes.append("worker.wrap: false is set aside: local tasks are always supervised")
         if len(spec.template.spec.containers) > 1:
             notes.append("only the task container runs; the pod's other containers do not")
         return notes
@@ -263,115 +222,119 @@ class LocalRunner:
     # -------------------------------------------------------------------------------- run
     def run(self) -> LocalOutcome:
         began = time.monotonic()
+        lock = self._lock if self._lock is not None else claim(self.options.state_dir)
+        self.journal = Journal(self.options.state_dir, self._run_id)
         previous = {
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGINT, signal.SIGTERM)
         }
         try:
-            self._loop()
+            self._loop(Lifetime(die_with_parent=True, inherit_fds=(lock.fd,)))
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self._abandon()
             self._save(force=True)
             self._show(force=True)
+            self.journal.close()
+            lock.release()
         return LocalOutcome(
             status=self._status,
             records=self._records,
             wall_seconds=time.monotonic() - began,
             interrupted=self._interrupted,
+            stopped_because=self._cannot_start,
         )
 
-    def _loop(self) -> None:
+    def _loop(self, lifetime: Lifetime) -> None:
+        """Wait for events (an attempt ended, a signal, a timer), then run one planner pass.
+
+        Attempts report on a queue, so an ended task is seen at once, not at the next poll;
+        every attempt that ended meanwhile is judged in the same pass.
+        """
         first = True
         wake_at: float | None = None
         while True:
-            ended = self._reap()
+            now = time.monotonic()
+            if first or self._replan:
+                timeout = 0.0
+            else:
+                timeout = IDLE_WAKE_SECONDS
+                if wake_at is not None:
+                    timeout = max(0.0, min(timeout, wake_at - now))
+            ended = self._collect(timeout)
             signalled = self._handle_signals()
             now = time.monotonic()
             due = wake_at is not None and now >= wake_at
             if first or ended or signalled or due or self._replan:
                 self._replan = False
-                decided = plan(
-                    Observation(
-                        spec=self._spec,
-                        generation=1,
-                        now=datetime.now(UTC),
-                        total=len(self.prepared.tasks),
-                        status=self._status,
-                        pods=[
-                            *(a.view(self._node[a.slot.name]) for a in self._active.values()),
-                            *(e.view for e in self._ended),
-                        ],
-                        order=self._order,
-                        cursor=self._cursor,
-                        outputs_exist=self.scan.complete if first else None,
-                        node_models=self._node_models,
-                        invalid_tasks=self._invalid,
-                        limits=self._limits,
-                    )
-                )
+                wake_at = self._pass(first, now, lifetime)
                 first = False
-                self._status, self._cursor = decided.status, decided.cursor
-                self._report_ended()
-                for view, reason in decided.stop:
-                    self._stop(self._active.get(view.key), reason, signal.SIGTERM)
-                if not self._stopping and decided.create:
-                    for create in decided.create:
-                        self._start(create)
-                    # On a cluster the new pods' events wake the next pass; here nothing would
-                    # until a task ends, and that pass sets the timers (batch deadline) that
-                    # depend on the start time the dispatching pass has just recorded.
-                    self._replan = True
-                wake_at = now + decided.wake_in if decided.wake_in is not None else None
-                if decided.finished:  # Complete or Failed: nothing more starts
-                    self._stopping = True
-                self._save()
             if self._stopping and not self._active and not self._ended:
                 return
             self._show()
-            time.sleep(POLL_SECONDS)
+
+    def _pass(self, first: bool, now: float, lifetime: Lifetime) -> float | None:
+        """One planner pass and what it decided; returns when a timer needs the next one."""
+        decided = plan(
+            Observation(
+                spec=self._spec,
+                generation=1,
+                now=datetime.now(UTC),
+                total=len(self.prepared.tasks),
+                status=self._status,
+                pods=[
+                    *(a.view() for a in self._active.values()),
+                    *(e.view for e in self._ended),
+                ],
+                order=self._order,
+                cursor=self._cursor,
+                outputs_exist=self.scan.complete if first else None,
+                node_models=self._node_models,
+                invalid_tasks=self._invalid,
+                limits=self._limits,
+            )
+        )
+        self._status, self._cursor = decided.status, decided.cursor
+        self._report_ended()
+        for view, reason in decided.stop:
+            self._stop(self._active.get(view.key), reason, signal.SIGTERM)
+        if not self._stopping and decided.create:
+            for create in decided.create:
+                self._start(create, lifetime)
+            # On a cluster the new pods' events wake the next pass; here nothing would until
+            # a task ends, and that pass sets the timers (batch deadline) that depend on the
+            # start time the dispatching pass has just recorded.
+            self._replan = self._spec.active_deadline_seconds is not None and first
+        if decided.finished:  # Complete or Failed: nothing more starts
+            self._stopping = True
+        self._save()
+        return now + decided.wake_in if decided.wake_in is not None else None
 
     # ------------------------------------------------------------------------------ start
-    def _start(self, create: TaskAttempt) -> None:
+    def _start(self, create: TaskAttempt, lifetime: Lifetime) -> None:
+        assert self.journal is not None
         slot = self._take_slot()
         try:
-            argv, env = self._task_process(create.index, create.attempt, slot)
-            outputs = self.prepared.renderer.outputs(self.prepared.tasks.task(create.index))
+            launch = self._launch(create.index, create.attempt, slot, lifetime)
         except TaskSpecError as err:
             # Fails this task alone, as in the operator; the next pass records it.
             self._idle.append(slot)
             self._invalid[create.index] = str(err)
             self._replan = True
             return
-        created_by_us = self._output_guard(outputs)
-        log = self.journal.log_path(create.index, create.attempt)
-        result_path = self.journal.result_path(slot.name)
-        result_path.unlink(missing_ok=True)
-        env[ENV_RESULT_PATH] = str(result_path)
-        started = time.time()
-        with open(log, "wb") as sink:
-            process = subprocess.Popen(
-                [*WORKER_ARGV, *argv],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                # Its own session: a Ctrl-C in the terminal reaches only this runner, which
-                # forwards it once to each worker (a second copy from the terminal would be a
-                # second SIGINT to every task).
-                start_new_session=True,
-            )
-        self._active[(create.index, create.attempt)] = _Attempt(
+        self.journal.started(create.index, create.attempt, self._remove_if_unfinished(launch))
+        attempt = Attempt(
             index=create.index,
             attempt=create.attempt,
             slot=slot,
-            process=process,
-            log=log,
-            started=started,
-            created_by_us=created_by_us,
+            node=self._node[slot.name],
+            log=self.journal.log_path(create.index, create.attempt),
+            started=time.time(),
             deadline_slack=self.options.grace_seconds + KILL_AFTER_GRACE_SECONDS,
         )
+        self._active[attempt.key] = attempt
+        attempts.start(attempt, launch, self._done)
         if self.options.verbose:
             self.display.message(
                 f"task {create.index} started on {slot.name} (attempt {create.attempt})"
@@ -387,95 +350,95 @@ class LocalRunner:
         self._idle.remove(chosen)
         return chosen
 
-    def _task_process(
-        self, index: int, attempt: int, slot: Slot
-    ) -> tuple[list[str], dict[str, str]]:
-        """The argv and environment of one attempt's worker (core.invocation, as a pod gets
-        it): the task container's command and env values, the task contract, this slot's
-        pinning."""
+    def _launch(self, index: int, attempt: int, slot: Slot, lifetime: Lifetime) -> Launch:
+        """What one attempt runs (core.invocation, exactly what a pod would run) with this
+        slot's pinning in its environment."""
         invocation = task_invocation(
             self.name, self.prepared.spec, self.prepared.render(index), attempt
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUBATCH_")}
-        env.update(invocation.env)
-        env.update(invocation.task.to_environ())
-        env.update(slot.environ())
-        env[ENV_NODE_NAME] = self._node[slot.name]
-        env[ENV_GRACE_SECONDS] = f"{self.options.grace_seconds:g}"
-        if not slot.is_gpu:
-            env[ENV_REQUIRE_GPU] = "false"  # the user asked for CPU slots (--slots)
-        return list(invocation.argv), env
+        environ = dict(self._base_environ)
+        environ.update(invocation.env)
+        environ.update(slot.environ())
+        task = invocation.task.model_copy(
+            update={
+                "node_name": self._node[slot.name],
+                "grace_seconds": self.options.grace_seconds,
+                # CPU slots were asked for (--slots): the task runs without a GPU.
+                "require_gpu": invocation.task.require_gpu and slot.is_gpu,
+            }
+        )
+        gpus = (
+            GpuReport(devices=slot.devices)
+            if slot.is_gpu
+            else GpuReport(problem=f"{slot.name} is a CPU slot (--slots)")
+        )
+        return Launch(task, invocation.argv, environ, gpus, lifetime)
 
-    def _output_guard(self, outputs: tuple[str, ...]) -> Callable[[], list[str]]:
-        """What to delete if this attempt does not succeed: outputs it created.
-
-        Atomic mode needs nothing (the worker only promotes on success). Otherwise the
-        command writes final paths directly, and a killed or failed command may leave a
-        half-written file that the next run would take for finished work. Outputs that
-        existed before the attempt are left alone; if storage cannot say, nothing is deleted.
-        """
-        if self.prepared.spec.worker.atomic_outputs or not outputs:
-            return list
+    def _remove_if_unfinished(self, launch: Launch) -> list[str]:
+        """What a killed run must not leave behind for this attempt: in atomic mode its
+        partial outputs; otherwise the outputs it may create (those absent now). If storage
+        cannot say, nothing (an existing output is never deleted on a guess)."""
+        task = launch.task
+        if task.atomic_outputs:
+            return list(task.partial_outputs or partial_paths(task.outputs))
+        if not task.outputs:
+            return []
         try:
-            before = storage.existing(outputs)
+            before = storage.existing(task.outputs)
         except storage.StorageError:
-            return list
+            return []
+        return [path for path in task.outputs if path not in before]
 
-        def created() -> list[str]:
-            return [path for path in outputs if path not in before]
-
-        return created
-
-    # ------------------------------------------------------------------------------- reap
-    def _reap(self) -> bool:
-        """Collect every worker that exited; True when any did."""
-        any_ended = False
-        for key, attempt in list(self._active.items()):
-            code = attempt.process.poll()
-            if code is None:
-                continue
-            any_ended = True
-            del self._active[key]
-            self._idle.append(attempt.slot)
-            self._idle.sort(key=self.slots.index)
-            self._ended.append(self._finish(attempt, code))
-        return any_ended
-
-    def _finish(self, attempt: _Attempt, code: int) -> _Ended:
-        ended_at = time.time()
-        exit_code = signal_exit_code(-code) if code < 0 else code
-        result_path = self.journal.result_path(attempt.slot.name)
+    # ------------------------------------------------------------------------------- ends
+    def _collect(self, timeout: float) -> bool:
+        """Wait up to `timeout` for attempts to end; take every one that has. True if any."""
         try:
-            text = result_path.read_text(encoding="utf-8")
-        except OSError:
-            text = ""
-        result = TaskResult.try_decode(text)
-        if result is None or result.outcome is Outcome.FAILED:
-            leftovers = attempt.created_by_us()
-            if leftovers:
-                with contextlib.suppress(storage.StorageError):
-                    storage.remove(leftovers)
+            first = self._done.get(timeout=timeout) if timeout > 0 else self._done.get_nowait()
+        except queue.Empty:
+            return False
+        items = [first]
+        with contextlib.suppress(queue.Empty):
+            while True:
+                items.append(self._done.get_nowait())
+        ends = [item for item in items if item is not None]  # None: a signal woke us
+        for end in ends:
+            self._ended.append(self._finish(end))
+        return bool(ends)
+
+    def _finish(self, end: AttemptEnd) -> _Ended:
+        assert self.journal is not None
+        attempt = self._active.pop(end.key)
+        self._idle.append(attempt.slot)
+        self._idle.sort(key=self.slots.index)
+        result = end.result
         record = AttemptRecord(
             run=self._run_id,
             index=attempt.index,
             attempt=attempt.attempt,
             slot=attempt.slot.name,
-            model=(result.gpu_model if result else None) or attempt.slot.model,
+            model=(result.gpu_model or attempt.slot.model),
             start=attempt.started,
-            end=ended_at,
-            exit_code=exit_code,
+            end=end.ended_at,
+            exit_code=result.exit_code,
             result=result,
             log=str(attempt.log),
             stopped=attempt.stop_reason == STOP_BATCH_ENDED,
         )
         self.journal.append(record)
         self._records.append(record)
+        if result.reason in CANNOT_START and self._cannot_start is None:
+            self._cannot_start = result.message
+            self._stop_everything(signal.SIGTERM)
+            self.display.message(
+                f"stopping: task {attempt.index} {result.message}. A command that cannot "
+                "start is a problem of the batch file, not of one task, so no other task "
+                "starts; fix the command (and its PATH) and run again."
+            )
         view = attempt.view(
-            self._node[attempt.slot.name],
-            phase="Succeeded" if exit_code == 0 else "Failed",
-            exit_code=exit_code,
-            message=text,
-            finished_at=ended_at,
+            phase="Succeeded" if result.exit_code == 0 else "Failed",
+            exit_code=result.exit_code,
+            message=result.encode(),
+            finished_at=end.ended_at,
         )
         return _Ended(record, view)
 
@@ -519,6 +482,7 @@ class LocalRunner:
     # ------------------------------------------------------------------------------- stop
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals.append(signum)  # handled by the loop: no work inside a signal handler
+        self._done.put(None)  # wakes the loop (SimpleQueue.put is safe in a signal handler)
 
     def _handle_signals(self) -> bool:
         handled = False
@@ -541,29 +505,30 @@ class LocalRunner:
                 self.display.message(f"still stopping {running} task(s)...")
         return handled
 
-    def _stop(self, attempt: _Attempt | None, reason: str, signum: int) -> None:
-        """Ask a worker to stop (it forwards the signal to its command's process group)."""
+    def _stop(self, attempt: Attempt | None, reason: str, signum: int) -> None:
+        """Ask an attempt to stop (its supervisor signals the command's process group, then
+        kills it after the grace)."""
         if attempt is None:
             return
         if attempt.stop_reason is None:
             attempt.stop_reason = reason
-        with contextlib.suppress(ProcessLookupError):
-            attempt.process.send_signal(signum)
+        attempt.stop.request(signum)
+
+    def _stop_everything(self, signum: int) -> None:
+        self._stopping = True
+        for attempt in list(self._active.values()):
+            self._stop(attempt, STOP_BATCH_ENDED, signum)
 
     def _abandon(self) -> None:
-        """On the way out with workers still running (an unexpected error): stop them."""
+        """On the way out with attempts still running (an unexpected error): stop them and
+        wait for their supervisors, which kill each command's group after the grace."""
         for attempt in self._active.values():
-            with contextlib.suppress(ProcessLookupError):
-                attempt.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.options.grace_seconds + KILL_AFTER_GRACE_SECONDS
-        for attempt in self._active.values():
-            try:
-                attempt.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                attempt.process.kill()
-                attempt.process.wait()
+            attempt.stop.request(signal.SIGTERM)
+        for attempt in list(self._active.values()):
+            if attempt.thread is not None:
+                attempt.thread.join()
         if self._active:
-            self._reap()
+            self._collect(0.0)
 
     def slot_records(self) -> list[SlotRecord]:
         return [
@@ -586,7 +551,7 @@ class LocalRunner:
 
     def _save(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_save < SAVE_EVERY_SECONDS:
+        if self.journal is None or (not force and now - self._last_save < SAVE_EVERY_SECONDS):
             return
         self._last_save = now
         self.journal.save(

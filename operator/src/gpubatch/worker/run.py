@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Final
 
@@ -95,6 +97,25 @@ def build_command(argv: Sequence[str], *, shell: bool) -> list[str]:
     return ["/bin/sh", "-c", " ".join(argv)] if shell else list(argv)
 
 
+@dataclass(frozen=True)
+class Lifetime:
+    """How the command is tied to the process that starts it (the local runner's needs; a pod
+    needs neither, the kubelet ends the container).
+
+    `die_with_parent`: the command gets SIGKILL from the kernel when the thread that started it
+    dies (PR_SET_PDEATHSIG), so a `kill -9` of the runner leaves no task running on its GPU.
+    `inherit_fds`: descriptors the command keeps open (the runner's state lock, so the lock
+    stays held while anything the runner started is alive).
+    """
+
+    die_with_parent: bool = False
+    inherit_fds: tuple[int, ...] = ()
+
+
+#: A pod's command: no tie beyond its own process group.
+UNTIED: Final = Lifetime()
+
+
 def run_command(
     argv: Sequence[str],
     *,
@@ -105,6 +126,7 @@ def run_command(
     stop: StopRequest | None = None,
     stdout: OutputSink = None,
     stderr: OutputSink = None,
+    lifetime: Lifetime = UNTIED,
 ) -> CommandOutcome:
     """Run `argv` to its end; raises OSError when it cannot start (not found, not executable)."""
     stop = stop if stop is not None else StopRequest()
@@ -117,6 +139,8 @@ def run_command(
         stdout=stdout,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        pass_fds=lifetime.inherit_fds,
+        preexec_fn=_die_with_parent if lifetime.die_with_parent else None,
     )
     assert process.stderr is not None
     relay = _StderrRelay(process.stderr, stderr)
@@ -167,6 +191,23 @@ def run_command(
         killed_after_grace=killed,
         stderr_tail=relay.tail(),
     )
+
+
+_PR_SET_PDEATHSIG: Final = 1
+_libc_prctl: Callable[..., int] | None = None
+if sys.platform == "linux":
+    with contextlib.suppress(OSError, AttributeError):
+        _libc_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _die_with_parent() -> None:
+    """In the child between fork and exec: SIGKILL when the parent thread dies (Linux).
+
+    Resolved before fork, so the child only makes the one call. Elsewhere the process group
+    killed on exit is the (portable) half that remains.
+    """
+    if _libc_prctl is not None:
+        _libc_prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, signum: int) -> None:
