@@ -347,6 +347,86 @@ def test_ctrl_c_stops_every_task_leaves_no_half_output_and_a_rerun_continues(tmp
     assert outputs(tmp_path) == {f"n{i}.txt": "half and the rest" for i in range(4)}
 
 
+# Task n: holds an flock on its own lock file while it runs (a second copy running at the same
+# time cannot take it and records itself in `overlap`), writes half its output, waits until
+# the test lets it go on (the HOLD file is gone), then finishes the output.
+EXCLUSIVE_HALF_THEN_REST = """
+import fcntl, os, sys, time
+guard = open(os.environ['OVERLAP'] + '.lock-' + sys.argv[2], 'w')
+try:
+    fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except OSError:
+    open(os.environ['OVERLAP'], 'a').write(sys.argv[2] + ' ')
+out = open(sys.argv[1], 'w')
+out.write('half')
+out.flush()
+while os.path.exists(os.environ['HOLD']):
+    time.sleep(0.05)
+out.write(' and the rest')
+"""
+
+
+@pytest.mark.parametrize("atomic", [False, True], ids=["plain-outputs", "atomic-outputs"])
+def test_after_kill_9_of_the_runner_a_rerun_completes_every_output_running_each_task_once(
+    tmp_path, atomic
+):
+    hold, overlap = tmp_path / "hold", tmp_path / "overlap"
+    hold.write_text("")
+    path = batch_file(
+        tmp_path,
+        EXCLUSIVE_HALF_THEN_REST,
+        tasks=6,
+        worker={"requireGPU": False, "atomicOutputs": atomic},
+        env=[{"name": "HOLD", "value": str(hold)}, {"name": "OVERLAP", "value": str(overlap)}],
+    )
+    command = [*GPUBATCH, "run", str(path), "--slots", "2", "--no-progress"]
+    command += ["--state-dir", str(tmp_path / "state")]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    halves = tmp_path / "out"
+    deadline = time.monotonic() + 60
+    while len([p for p in halves.glob("*") if p.name.endswith((".txt", ".partial"))]) < 2:
+        assert first.poll() is None and time.monotonic() < deadline, "two tasks never started"
+        time.sleep(0.05)
+    first.kill()  # SIGKILL: the runner can clean up nothing
+    first.wait()
+    hold.unlink()  # from now on every task can finish
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert "0 already done" in rerun.stderr  # the two half-written outputs were not taken
+    assert outputs(tmp_path) == {f"n{i}.txt": "half and the rest" for i in range(6)}
+    assert not overlap.exists()  # no task ever ran twice at once
+
+
+def test_a_second_run_of_a_batch_still_running_is_refused_with_what_to_do(tmp_path, capsys):
+    hold, overlap = tmp_path / "hold", tmp_path / "overlap"
+    hold.write_text("")
+    path = batch_file(
+        tmp_path,
+        EXCLUSIVE_HALF_THEN_REST,
+        tasks=2,
+        env=[{"name": "HOLD", "value": str(hold)}, {"name": "OVERLAP", "value": str(overlap)}],
+    )
+    command = [*GPUBATCH, "run", str(path), "--slots", "2", "--no-progress"]
+    command += ["--state-dir", str(tmp_path / "state")]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list((tmp_path / "out").glob("*.txt"))) < 2:
+            assert first.poll() is None and time.monotonic() < deadline, "tasks never started"
+            time.sleep(0.05)
+        assert run(path, tmp_path) == 3
+        assert "this batch is already running from" in capsys.readouterr().err
+        hold.unlink()
+        assert first.wait(timeout=60) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert outputs(tmp_path) == {f"n{i}.txt": "half and the rest" for i in range(2)}
+    assert not overlap.exists()
+
+
 def test_status_and_report_read_the_local_records_and_plot_a_timeline(tmp_path, capsys):
     path = batch_file(tmp_path, FAIL_TASK_2)
     assert run(path, tmp_path) == 1
