@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,7 +147,7 @@ def test_a_failing_task_does_not_stop_the_others_and_the_run_exits_1(tmp_path, c
 
 def test_a_failed_attempt_is_retried_as_spec_retry_says(tmp_path, capsys):
     path = batch_file(
-        tmp_path, FAIL_FIRST_ATTEMPT, tasks=2, retry={"limit": 1, "backoffSeconds": 0}
+        tmp_path, FAIL_FIRST_ATTEMPT, tasks=2, retry={"limit": 1, "backoffSeconds": 1}
     )
     assert run(path, tmp_path) == 0
     attempts = sorted((r.index, r.attempt, r.outcome) for r in records(tmp_path))
@@ -156,7 +157,10 @@ def test_a_failed_attempt_is_retried_as_spec_retry_says(tmp_path, capsys):
         (1, 0, "failed"),
         (1, 1, "succeeded"),
     ]
-    assert "will be retried (attempt 1)" in capsys.readouterr().err
+    # The line says what the reader waits for: the backoff, not the failed attempt's run time.
+    assert re.search(
+        r"will be retried as attempt 1 after a backoff of [01]\.\ds", capsys.readouterr().err
+    )
 
 
 def test_a_non_retriable_exit_code_fails_the_task_at_once(tmp_path):
@@ -480,3 +484,15 @@ def test_the_quickstart_example_runs_on_cpu_slots_with_the_console_script(tmp_pa
     assert "12 tasks: 12 succeeded" in done.stdout
     assert "CPU slot(s) as asked (--slots)" in done.stderr
     assert (tmp_path / "out" / "gamma-4.txt").read_text() == "gamma gamma gamma gamma\n"
+
+
+def test_a_command_that_cannot_start_stops_the_batch_instead_of_retrying(tmp_path, capsys):
+    path = batch_file(tmp_path, "unused", tasks=6, retry={"limit": 3, "backoffSeconds": 0})
+    text = yaml.safe_load(path.read_text())
+    text["spec"]["template"]["spec"]["containers"][0]["command"] = ["pyhton3-no-such", "{n}"]
+    path.write_text(yaml.safe_dump(text))
+    assert run(path, tmp_path) == 2
+    captured = capsys.readouterr()
+    assert "cannot start 'pyhton3-no-such'" in captured.err
+    assert "no other task starts; fix the command" in captured.err
+    assert len(records(tmp_path)) <= 2  # the attempts already running on the 2 slots, no retry

@@ -103,7 +103,7 @@ def expand(args: argparse.Namespace) -> int:
             print(row.to_json())
         _err(summary(batch_file.name, prepared, scan))
         return int(Exit.OK)
-    print(task_listing(rows, show_command=args.command))
+    print(task_listing(rows, show_command=args.show_command))
     if shown < total:
         print(f"... {total - shown} more task(s) not listed (--all lists every task)")
     print(summary(batch_file.name, prepared, scan))

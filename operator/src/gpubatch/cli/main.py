@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "124 watch timed out; 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"gpubatch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check a batch file without running anything")
     p.add_argument("file", metavar="FILE")
@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="list at most N tasks (default 50)")
     p.add_argument("--all", action="store_true", help="list every task")
     p.add_argument("--json", action="store_true", help="one JSON object per task (stdout)")
-    p.add_argument("--command", action="store_true", help="also show each task's command")
+    p.add_argument(
+        "--command", dest="show_command", action="store_true", help="also show each task's command"
+    )
     p.set_defaults(handler=commands.expand)
 
     p = sub.add_parser(
@@ -177,16 +179,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except CliError as err:
-        print(f"gpubatch {args.command}: {err}", file=sys.stderr)
+        print(f"gpubatch {args.subcommand}: {err}", file=sys.stderr)
         return int(err.code)
     except LocalError as err:
-        print(f"gpubatch {args.command}: {err}", file=sys.stderr)
+        print(f"gpubatch {args.subcommand}: {err}", file=sys.stderr)
         return int(Exit.ENVIRONMENT if err.environment else Exit.USAGE)
     except SpecError as err:
-        print(f"gpubatch {args.command}: {err}", file=sys.stderr)
+        print(f"gpubatch {args.subcommand}: {err}", file=sys.stderr)
         return int(Exit.USAGE)
     except KeyboardInterrupt:
-        print(f"gpubatch {args.command}: interrupted", file=sys.stderr)
+        print(f"gpubatch {args.subcommand}: interrupted", file=sys.stderr)
         return int(Exit.INTERRUPTED)
     except BrokenPipeError:
         # `gpubatch expand FILE | head`: the reader has gone, which is not an error. Point

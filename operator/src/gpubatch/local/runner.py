@@ -36,7 +36,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +45,7 @@ from typing import Final, Protocol
 
 from gpubatch.api.result import Reason
 from gpubatch.api.spec import GPUBatchSpec
-from gpubatch.api.status import GPUBatchStatus, TaskCounts
+from gpubatch.api.status import GPUBatchStatus, RetryState, TaskCounts
 from gpubatch.core.errors import TaskSpecError
 from gpubatch.core.indexset import IndexSet
 from gpubatch.core.invocation import task_invocation
@@ -73,6 +73,17 @@ SAVE_EVERY_SECONDS: Final = 1.0
 KILL_AFTER_GRACE_SECONDS: Final = 5.0
 #: Results that mean the command cannot start at all: the batch's configuration is wrong.
 CANNOT_START: Final = frozenset({Reason.COMMAND_NOT_FOUND, Reason.COMMAND_NOT_EXECUTABLE})
+
+
+#: How much of a failure message a progress line shows (the whole one is in the records).
+MESSAGE_SHOWN_CHARS: Final = 300
+
+
+def _clip(message: str) -> str:
+    """The start of a long message (where it says what failed), marked as cut."""
+    if len(message) <= MESSAGE_SHOWN_CHARS:
+        return message
+    return message[: MESSAGE_SHOWN_CHARS - 3] + "..."
 
 
 class Reporter(Protocol):
@@ -460,24 +471,34 @@ class LocalRunner:
                         f"task {record.index} {outcome} on {record.slot} in {took}"
                     )
                 continue
-            if outcome == "stopped":
-                verdict = "stopped"
-            elif record.index in failed:
-                verdict = "failed for good"
-            elif record.index in retrying:
-                verdict = f"will be retried (attempt {retrying[record.index].attempts})"
-            else:
-                verdict = "failed"
+            verdict = self._verdict(record.index, outcome, failed, retrying)
             why = (
-                f"{result.reason}: {' '.join(result.message.split())[-300:]}"
+                f"{result.reason}: {_clip(' '.join(result.message.split()))}"
                 if result is not None
-                else f"the worker exited with code {record.exit_code} and left no result"
+                else f"the attempt ended with code {record.exit_code} and left no result"
             )
             self.display.message(
-                f"task {record.index} attempt {record.attempt} on {record.slot} {verdict} "
-                f"after {took} - {why} (log: {record.log})"
+                f"task {record.index} attempt {record.attempt} on {record.slot} failed after "
+                f"{took}, {verdict} - {why} (log: {record.log})"
             )
         self._ended.clear()
+
+    def _verdict(
+        self, index: int, outcome: str, failed: IndexSet, retrying: Mapping[int, RetryState]
+    ) -> str:
+        """What happens next to a task whose attempt did not succeed."""
+        if outcome == "stopped":
+            return "stopped by the run"
+        if index in failed:
+            return "failed for good"
+        retry = retrying.get(index)
+        if retry is None:
+            return "not retried"
+        when = ""
+        if retry.not_before is not None:
+            wait = (retry.not_before - datetime.now(UTC)).total_seconds()
+            when = f" after a backoff of {max(0.0, wait):.1f}s"
+        return f"will be retried as attempt {retry.attempts}{when}"
 
     # ------------------------------------------------------------------------------- stop
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
