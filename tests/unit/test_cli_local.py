@@ -444,8 +444,24 @@ def test_status_and_report_read_the_local_records_and_plot_a_timeline(tmp_path, 
     report = capsys.readouterr().out
     assert "CPU (no GPU)" in report and "speed-up" in report
     assert "recent failures (1, newest last)" in report
-    assert "per slot (this run)" in report
+    assert "per slot (all 1 run(s))" in report
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_after_a_rerun_that_skipped_everything_shows_the_batch_history(tmp_path, capsys):
+    path = batch_file(tmp_path, WRITE)
+    assert run(path, tmp_path) == 0
+    assert run(path, tmp_path) == 0  # every task skipped: this run made no attempt
+    capsys.readouterr()
+    state = ["--local", "--state-dir", str(tmp_path / "state")]
+    plot = tmp_path / "timeline.png"
+    assert main(["report", "shots", *state, "--plot", str(plot)]) == 0
+    report = capsys.readouterr().out
+    assert "runs with attempts (1, oldest first)" in report
+    assert "cpu0" in report and "cpu1" in report
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["status", "shots", *state]) == 0
+    assert "runs with attempts (oldest first)" in capsys.readouterr().out
 
 
 def test_status_of_a_local_run_still_going_exits_0_until_something_fails(tmp_path, capsys):

@@ -19,7 +19,7 @@ from gpubatch.cli.errors import CliError, Exit
 from gpubatch.cli.preview import listing as task_listing
 from gpubatch.cli.preview import scan_outputs, summary, task_rows
 from gpubatch.cli.progress import ProgressDisplay, ProgressReporter
-from gpubatch.cli.report import batch_report, local_report, slot_table
+from gpubatch.cli.report import batch_report, local_report, runs_table, slot_table
 from gpubatch.cli.statusview import (
     all_succeeded,
     batch_state,
@@ -235,9 +235,14 @@ def status(args: argparse.Namespace) -> int:
         note = ", interrupted" if state.interrupted else ""
         print(
             status_text(
-                f"local batch {state.name} (run {state.run}{note}; {folder}/)", state.status
+                f"local batch {state.name} (latest run {state.run}{note}; {folder}/)",
+                state.status,
             )
         )
+        history = read_attempts(folder)
+        if history:
+            print("runs with attempts (oldest first):")
+            print(runs_table(history))
         return _status_exit(state.status)
     from gpubatch.cli.kube import parse_status
 
@@ -279,10 +284,11 @@ def report(args: argparse.Namespace) -> int:
     if args.local:
         folder = state_dir(args.name, args.state_dir)
         state = load_state(folder)
-        records = read_attempts(folder, state.run)
+        records = read_attempts(folder)  # the batch's history, not only the latest run
         print(local_report(state, records))
         if args.plot:
-            title = f"{state.name}: local run {state.run} ({len(records)} attempts)"
+            runs = len({r.run for r in records})
+            title = f"{state.name}: {len(records)} attempts in {runs} local run(s)"
             plot_timeline(bars_from_records(records), args.plot, title)
             _err(f"timeline written to {args.plot}")
         return int(Exit.OK)

@@ -10,21 +10,19 @@ Local mode is not a second implementation of gpubatch. It reuses, unchanged:
   task contract, the deadline), the same function `render_pod` puts into the operator's pods.
   The image, volumes and resources of the pod template are not used: the command runs directly
   on this machine;
-- `gpubatch-worker`: each attempt is a `gpubatch-worker` process, the entrypoint of every task
-  pod, so the skip check, the GPU check, atomic outputs, the deadline, signal handling and the
-  result record are the pod's.
-
-Why a worker process per attempt rather than calling `worker.task.run_task` in a thread: the
-layering keeps the CLI and the worker apart (neither imports the other); a process gives each
-task its own environment (CUDA_VISIBLE_DEVICES must be set before CUDA initialises, which a
-thread cannot do), its own signal handling and result file, exactly as in a pod; and one bad
-task cannot take the runner down. The cost is one Python start per attempt (about 0.3 s), small
-next to a GPU task.
+- `worker.task.run_task`: each attempt is run by the task pods' own worker code, in a thread
+  of this runner (`local.attempt`), so the skip re-check, atomic outputs, the deadline, signal
+  forwarding, the output check and the result record are the pod's; only the command itself is
+  a new process (no Python start per task).
 
 What local mode adds: one slot per GPU, pinned with CUDA_VISIBLE_DEVICES (`slots`); Ctrl-C
-forwarded to every worker, which stops its command and removes partial outputs; and, for
-batches without atomic outputs, removal of outputs that a failed or interrupted attempt created,
-so a half-written file is never taken for finished work on the next run.
+forwarded to every task, which stops its command and removes partial outputs; one run per state
+folder, held while anything it started is alive (`lock`); tasks that die with the runner
+(PR_SET_PDEATHSIG); and a record of each attempt in flight, so after a `kill -9` the next run
+removes what the killed attempts half-wrote before it looks for finished work.
+
+The loop blocks on a queue of attempt ends (and signals), so a task that ends is replaced at
+once, and every attempt that ended meanwhile is judged in one planner pass.
 """
 
 from __future__ import annotations
