@@ -29,7 +29,7 @@ from gpubatch.cli.preview import scan_outputs
 from gpubatch.edges.nvml import GpuDevice, GpuReport
 from gpubatch.local.journal import Journal, LocalState, read_attempts
 from gpubatch.local.runner import LocalRunner, RunOptions
-from gpubatch.local.slots import Slot
+from gpubatch.local.slots import GpuThreshold, Slot
 
 pytestmark = pytest.mark.unit
 
@@ -242,8 +242,16 @@ def fake_gpu(index: int, free_gib: int) -> GpuDevice:
 
 
 def runner_on_fake_gpus(
-    tmp_path: Path, tasks: int, report: GpuReport, **options: Any
+    tmp_path: Path,
+    tasks: int,
+    report: GpuReport,
+    *,
+    readings: Any = None,
+    display: Any = None,
+    **options: Any,
 ) -> LocalRunner:
+    """A runner on one slot per FAKE device of `report`; `readings` (default: `report` every
+    time) is what NVML answers at each dispatch."""
     dump = "import os, sys; open(sys.argv[1], 'w').write(os.environ['CUDA_VISIBLE_DEVICES'])"
     loaded = load_batch_file(batch_file(tmp_path, dump, tasks=tasks))
     prepared = prepare(loaded)
@@ -254,7 +262,8 @@ def runner_on_fake_gpus(
         scan_outputs(prepared),
         slots,
         RunOptions(state_dir=tmp_path / "state", **options),
-        gpu_reporter=lambda: report,
+        gpu_reporter=readings or (lambda: report),
+        display=display,
     )
 
 
@@ -271,6 +280,43 @@ def test_freest_first_gives_the_first_task_to_the_fake_card_with_most_free_memor
     outcome = runner_on_fake_gpus(tmp_path, 1, report, freest_first="bytes").run()
     assert [r.slot for r in outcome.records] == ["gpu1"]
     assert outputs(tmp_path) == {"n0.txt": "GPU-fake-1"}
+
+
+class Messages:
+    """The runner's Reporter, keeping the messages."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+    def progress(self, counts: TaskCounts, *, force: bool = False) -> None:
+        pass
+
+
+def test_a_fake_card_below_the_free_memory_threshold_gets_no_task_until_it_frees_up(tmp_path):
+    # NVML readings as recorded on a shared workstation: at the first dispatch someone else's
+    # job holds 75 of card 0's 80 GiB; at every later reading it has ended.
+    readings = iter([GpuReport(devices=(fake_gpu(0, 5), fake_gpu(1, 70)))])
+    freed = GpuReport(devices=(fake_gpu(0, 70), fake_gpu(1, 70)))
+    messages = Messages()
+    runner = runner_on_fake_gpus(
+        tmp_path,
+        3,
+        freed,
+        readings=lambda: next(readings, freed),
+        display=messages,
+        gpu_threshold=GpuThreshold(min_free_bytes=16 << 30),
+    )
+    outcome = runner.run()
+    assert outcome.status.counts.succeeded == 3
+    first = min(outcome.records, key=lambda r: r.start)
+    assert first.slot == "gpu1"
+    assert messages.lines[0].startswith(
+        "slot gpu0 passed over: GPU 0 has 5.0 GiB free, less than 16.0 GiB"
+    )
+    assert messages.lines[1].startswith("slot gpu0 takes tasks again")
 
 
 def test_the_task_deadline_stops_a_task_that_runs_too_long(tmp_path, capsys):
@@ -512,3 +558,15 @@ def test_a_command_that_cannot_start_stops_the_batch_instead_of_retrying(tmp_pat
     assert "cannot start 'pyhton3-no-such'" in captured.err
     assert "no other task starts; fix the command" in captured.err
     assert len(records(tmp_path)) <= 2  # the attempts already running on the 2 slots, no retry
+
+
+def test_an_output_folder_that_cannot_be_written_is_found_before_any_task_runs(tmp_path, capsys):
+    if os.geteuid() == 0:  # root writes through permission bits; sysfs refuses even root
+        unwritable = "/sys/gpubatch-no-such-folder"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        unwritable = str(tmp_path / "ro")
+    path = batch_file(tmp_path, WRITE, outputRoot=unwritable)
+    assert run(path, tmp_path) == 3
+    assert f"cannot write outputs to {unwritable}" in capsys.readouterr().err
+    assert records(tmp_path) == []

@@ -8,11 +8,12 @@ The no-GPU path is checked for real, with this machine's actual NVML answer.
 from __future__ import annotations
 
 import pytest
+from test_nvml import FakeGpu, FakeNvmlLibrary
 
 from gpubatch.cli.main import build_parser, main
 from gpubatch.edges.nvml import GpuDevice, GpuReport, probe_gpus
 from gpubatch.local.errors import LocalError
-from gpubatch.local.slots import CPU_MODEL, Slot, freest, plan_slots
+from gpubatch.local.slots import CPU_MODEL, GpuThreshold, Slot, freest, parse_memory, plan_slots
 
 pytestmark = pytest.mark.unit
 
@@ -137,3 +138,55 @@ def test_freest_first_counts_a_card_missing_from_the_new_report_as_full():
 def test_freest_first_is_a_plain_flag_that_never_swallows_the_file_name():
     args = build_parser().parse_args(["run", "--freest-first", "batch.yaml", "--free-by", "ratio"])
     assert (args.file, args.freest_first, args.free_by) == ("batch.yaml", True, "ratio")
+
+
+# NVML readings recorded on a shared workstation, replayed through the NVML stand-in: card 0
+# runs someone else's job (70 of 80 GiB used, 97 % busy), card 1 is nearly idle.
+SHARED_WORKSTATION = [
+    FakeGpu("NVIDIA A100-SXM4-80GB", "GPU-aaaa1111-0000", 80, 70, utilization=97),
+    FakeGpu("NVIDIA A100-SXM4-80GB", "GPU-bbbb2222-0000", 80, 2, utilization=3),
+]
+
+
+def _slots_of(report: GpuReport) -> list[Slot]:
+    return [Slot(f"gpu{d.label}", (d,)) for d in report.devices]
+
+
+def test_a_card_with_less_free_memory_than_asked_is_passed_over_with_the_numbers() -> None:
+    report = probe_gpus(FakeNvmlLibrary(SHARED_WORKSTATION), environ={})
+    busy, idle = _slots_of(report)
+    threshold = GpuThreshold(min_free_bytes=16 * 1024**3)
+    assert threshold.passed_over(busy, report) == "GPU 0 has 10.0 GiB free, less than 16.0 GiB"
+    assert threshold.passed_over(idle, report) is None
+
+
+def test_free_share_and_utilisation_thresholds_read_the_same_recorded_readings() -> None:
+    report = probe_gpus(FakeNvmlLibrary(SHARED_WORKSTATION), environ={})
+    busy, idle = _slots_of(report)
+    assert GpuThreshold(min_free_share=0.5).passed_over(busy, report) == (
+        "GPU 0 has 12% of its memory free, less than 50%"
+    )
+    by_load = GpuThreshold(max_utilization_percent=50)
+    assert by_load.passed_over(busy, report) == "GPU 0 is 97% busy, more than 50%"
+    assert by_load.passed_over(idle, report) is None
+
+
+def test_a_card_missing_from_a_later_reading_takes_no_task() -> None:
+    first = probe_gpus(FakeNvmlLibrary(SHARED_WORKSTATION), environ={})
+    later = probe_gpus(FakeNvmlLibrary(SHARED_WORKSTATION[1:]), environ={})
+    busy, _ = _slots_of(first)
+    why = GpuThreshold(min_free_share=0.1).passed_over(busy, later)
+    assert why == "GPU 0 (GPU-aaaa1111-0000) is not in the NVML report"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("8GiB", (8 * 1024**3, None)), ("500MiB", (500 * 1024**2, None)), ("40%", (None, 0.4))],
+)
+def test_min_free_memory_takes_a_size_or_a_share(text, expected) -> None:
+    assert parse_memory(text) == expected
+
+
+def test_a_min_free_memory_that_is_neither_is_refused_with_the_forms_accepted() -> None:
+    with pytest.raises(LocalError, match="such as 8GiB"):
+        parse_memory("lots")

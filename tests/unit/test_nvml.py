@@ -35,6 +35,12 @@ class FakeMemory:
 
 
 @dataclass
+class FakeUtilization:
+    gpu: int
+    memory: int
+
+
+@dataclass
 class FakeGpu:
     name: str | bytes
     uuid: str
@@ -42,6 +48,7 @@ class FakeGpu:
     used_gib: int
     broken: bool = False
     migs: list[FakeGpu] = field(default_factory=list)
+    utilization: int | None = None  # None: NVML cannot say (as for a MIG instance)
 
 
 class FakeNvmlLibrary:
@@ -90,6 +97,11 @@ class FakeNvmlLibrary:
     def nvmlDeviceGetMemoryInfo(self, handle: FakeGpu) -> FakeMemory:
         total, used = handle.total_gib * GIB, handle.used_gib * GIB
         return FakeMemory(total=total, used=used, free=total - used)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: FakeGpu) -> Any:
+        if handle.utilization is None:
+            raise FakeNvmlError(3)  # not supported
+        return FakeUtilization(gpu=handle.utilization, memory=0)
 
     def nvmlDeviceGetMigMode(self, handle: FakeGpu) -> list[int]:
         if not handle.migs:
@@ -243,3 +255,9 @@ def test_report_to_dict_is_json_ready() -> None:
     assert data["available"] is True
     assert data["devices"][0]["memoryFreeBytes"] == 20 * GIB
     assert data["devices"][1]["index"] == "1"
+
+
+def test_utilisation_is_read_where_nvml_reports_it() -> None:
+    gpus = [FakeGpu("A", "GPU-a", 80, 1, utilization=42), FakeGpu("B", "GPU-b", 80, 1)]
+    report = probe_gpus(FakeNvmlLibrary(gpus), environ={})
+    assert [d.utilization_percent for d in report.devices] == [42, None]

@@ -38,7 +38,7 @@ from gpubatch.edges.nvml import GpuReport, probe_gpus
 from gpubatch.local.journal import load_state, read_attempts, state_dir
 from gpubatch.local.lock import StateLock, claim
 from gpubatch.local.runner import LocalRunner, RunOptions
-from gpubatch.local.slots import SlotPlan, plan_slots
+from gpubatch.local.slots import GpuThreshold, SlotPlan, parse_memory, plan_slots
 
 
 def _err(text: str) -> None:
@@ -159,6 +159,7 @@ def _run_claimed(
             state_dir=folder,
             grace_seconds=args.grace,
             freest_first=args.free_by if args.freest_first else None,
+            gpu_threshold=_gpu_threshold(args),
             verbose=args.verbose,
         ),
         display=ProgressReporter(batch_file.name, display, len(scan.complete) + len(scan.invalid)),
@@ -206,6 +207,15 @@ def _run_claimed(
             "finished tasks are skipped, failed ones run again"
         )
     return _exit_for(status)
+
+
+def _gpu_threshold(args: argparse.Namespace) -> GpuThreshold:
+    free_bytes, free_share = (
+        parse_memory(args.min_free_memory) if args.min_free_memory else (None, None)
+    )
+    if args.max_utilization is not None and not 0 <= args.max_utilization <= 100:
+        raise CliError("--max-utilization is a percentage from 0 to 100")
+    return GpuThreshold(free_bytes, free_share, args.max_utilization)
 
 
 # ----------------------------------------------------------------------------- cluster

@@ -95,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --freest-first: free memory in bytes (default) or as a share of the total",
     )
     p.add_argument(
+        "--min-free-memory",
+        metavar="SIZE",
+        help="on a shared machine: a GPU takes a task only with at least this much free memory "
+        "(8GiB, 500MiB, a byte count, or a share such as 40%%), read from NVML before each "
+        "dispatch",
+    )
+    p.add_argument(
+        "--max-utilization",
+        type=int,
+        metavar="PERCENT",
+        help="on a shared machine: a GPU busier than this (NVML utilisation) takes no task",
+    )
+    p.add_argument(
         "--state-dir",
         metavar="DIR",
         help="where records and logs go (default .gpubatch/NAME in the current directory)",

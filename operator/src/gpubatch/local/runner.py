@@ -32,10 +32,11 @@ import os
 import queue
 import signal
 import socket
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -60,7 +61,7 @@ from gpubatch.local.attempt import Attempt, AttemptEnd, Launch
 from gpubatch.local.errors import LocalError
 from gpubatch.local.journal import AttemptRecord, Journal, LocalState, SlotRecord
 from gpubatch.local.lock import StateLock, claim
-from gpubatch.local.slots import FreeBy, Slot, freest
+from gpubatch.local.slots import FreeBy, GpuThreshold, Slot, freest
 from gpubatch.worker.run import Lifetime
 
 #: At most this long between progress redraws (and checks of timers) when nothing happens.
@@ -69,6 +70,8 @@ IDLE_WAKE_SECONDS: Final = 0.25
 SAVE_EVERY_SECONDS: Final = 1.0
 #: After the tasks' own grace, how long the planner waits before it reports a stop as stuck.
 KILL_AFTER_GRACE_SECONDS: Final = 5.0
+#: How often GPUs passed over (too little free memory, too busy) are read again while idle.
+GPU_RECHECK_SECONDS: Final = 5.0
 #: Results that mean the command cannot start at all: the batch's configuration is wrong.
 CANNOT_START: Final = frozenset({Reason.COMMAND_NOT_FOUND, Reason.COMMAND_NOT_EXECUTABLE})
 
@@ -109,6 +112,7 @@ class RunOptions:
     state_dir: Path
     grace_seconds: float = 10.0
     freest_first: FreeBy | None = None
+    gpu_threshold: GpuThreshold = field(default_factory=GpuThreshold)
     verbose: bool = False
 
 
@@ -165,7 +169,6 @@ class LocalRunner:
         self._spec: GPUBatchSpec = spec.model_copy(
             update={"parallelism": parallelism, "max_pending": None}
         )
-        self._limits = Limits(max_pending=len(slots), max_creates_per_pass=len(slots))
         self._order = prepared.dispatch_order()
         host = socket.gethostname().split(".")[0]
         self._node = {slot.name: f"{host}/{slot.name}" for slot in slots}
@@ -188,6 +191,9 @@ class LocalRunner:
         self._cannot_start: str | None = None
         self._records: list[AttemptRecord] = []
         self._last_save = 0.0
+        self._ready: list[Slot] = []  # idle slots that may take a task in this pass
+        self._readings: GpuReport | None = None  # NVML, read again before each dispatch
+        self._passed_over: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------ checks
     def check(self) -> list[str]:
@@ -197,12 +203,33 @@ class LocalRunner:
         if index is None:
             return []
         rendered = self.prepared.render(index)
+        self._check_writable(rendered.outputs)
         if not task_invocation(self.name, self.prepared.spec, rendered, 0).argv:
             raise LocalError(
                 "the task container sets no command: local mode runs the command (and args) "
                 "of the pod template's task container on this machine; set command"
             )
         return self._ignored_fields()
+
+    @staticmethod
+    def _check_writable(outputs: tuple[str, ...]) -> None:
+        """A folder the outputs cannot be written to fails every attempt the same way, so it is
+        found now, by creating (and removing) a file where the first task's outputs go."""
+        for output in outputs:
+            if storage.needs_fsspec(output):
+                continue  # object storage has no folder to probe; the worker checks writes
+            folder = os.path.dirname(output.removeprefix("file://").rstrip("/")) or "."
+            try:
+                os.makedirs(folder, exist_ok=True)
+                with tempfile.TemporaryFile(dir=folder, prefix=".gpubatch-write-check-"):
+                    pass
+            except OSError as err:
+                raise LocalError(
+                    f"cannot write outputs to {folder}: {err.strerror or err}. Every task would "
+                    "fail the same way, so nothing was run; fix spec.outputRoot (or outputs) "
+                    "or the folder's permissions",
+                    environment=True,
+                ) from None
 
     def _ignored_fields(self) -> list[str]:
         spec = self.prepared.spec
@@ -285,6 +312,7 @@ class LocalRunner:
 
     def _pass(self, first: bool, now: float, lifetime: Lifetime) -> float | None:
         """One planner pass and what it decided; returns when a timer needs the next one."""
+        self._ready = self._ready_slots()
         decided = plan(
             Observation(
                 spec=self._spec,
@@ -301,7 +329,9 @@ class LocalRunner:
                 outputs_exist=self.scan.complete if first else None,
                 node_models=self._node_models,
                 invalid_tasks=self._invalid,
-                limits=self._limits,
+                # As many creates as slots that may take a task now, so a task is never
+                # created for a GPU that is passed over.
+                limits=Limits(max_pending=len(self.slots), max_creates_per_pass=len(self._ready)),
             )
         )
         self._status, self._cursor = decided.status, decided.cursor
@@ -318,7 +348,37 @@ class LocalRunner:
         if decided.finished:  # Complete or Failed: nothing more starts
             self._stopping = True
         self._save()
-        return now + decided.wake_in if decided.wake_in is not None else None
+        wake = [now + decided.wake_in] if decided.wake_in is not None else []
+        if self._passed_over and not self._stopping:
+            wake.append(now + GPU_RECHECK_SECONDS)  # a passed-over GPU may have freed up
+        return min(wake, default=None)
+
+    def _ready_slots(self) -> list[Slot]:
+        """The idle slots that may take a task now: all of them, unless GPU thresholds are set
+        (then NVML is read again, and each GPU passed over or back in says so once)."""
+        threshold = self.options.gpu_threshold
+        self._readings = None
+        if not (threshold.active or self.options.freest_first) or not any(
+            s.is_gpu for s in self._idle
+        ):
+            return list(self._idle)
+        self._readings = self._gpu_reporter()
+        ready = []
+        for slot in self._idle:
+            why = threshold.passed_over(slot, self._readings) if threshold.active else None
+            before = self._passed_over.get(slot.name)
+            if why is None:
+                ready.append(slot)
+                if before is not None:
+                    del self._passed_over[slot.name]
+                    self.display.message(f"slot {slot.name} takes tasks again: {slot.describe()}")
+            elif why != before:
+                self._passed_over[slot.name] = why
+                self.display.message(
+                    f"slot {slot.name} passed over: {why} (GPUs are read again before each "
+                    f"dispatch, and every {GPU_RECHECK_SECONDS:g}s while one waits)"
+                )
+        return ready
 
     # ------------------------------------------------------------------------------ start
     def _start(self, create: TaskAttempt, lifetime: Lifetime) -> None:
@@ -350,12 +410,13 @@ class LocalRunner:
             )
 
     def _take_slot(self) -> Slot:
-        # The planner starts at most `parallelism` (<= slots) tasks, counting running ones.
-        assert self._idle, "the planner started more tasks than there are slots"
-        if self.options.freest_first and len(self._idle) > 1 and self._idle[0].is_gpu:
-            chosen = freest(self._idle, self._gpu_reporter(), self.options.freest_first)
+        # The planner creates at most as many attempts as there are ready slots.
+        assert self._ready, "the planner started more tasks than there are ready slots"
+        if self.options.freest_first and len(self._ready) > 1 and self._readings is not None:
+            chosen = freest(self._ready, self._readings, self.options.freest_first)
         else:
-            chosen = self._idle[0]
+            chosen = self._ready[0]
+        self._ready.remove(chosen)
         self._idle.remove(chosen)
         return chosen
 

@@ -27,6 +27,7 @@ from gpubatch.edges.nvml import CUDA_VISIBLE_DEVICES, GpuDevice, GpuReport
 from gpubatch.local.errors import LocalError
 
 CPU_MODEL: Final = "CPU (no GPU)"
+_GIB: Final = 1024**3
 FreeBy = Literal["bytes", "ratio"]
 
 
@@ -151,6 +152,77 @@ def freest(idle: Sequence[Slot], report: GpuReport, by: FreeBy = "bytes") -> Slo
         if score(slot) > score(best):
             best = slot
     return best
+
+
+@dataclass(frozen=True)
+class GpuThreshold:
+    """When a GPU slot may take a task on a shared machine (task-spooler's GPU mode, nvitop's
+    selector): enough free memory (bytes, and/or a share of the card) and, optionally, not too
+    busy. Someone else's process on a card is visible only this way: to NVML, not to us."""
+
+    min_free_bytes: int | None = None
+    min_free_share: float | None = None
+    max_utilization_percent: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.min_free_bytes, self.min_free_share, self.max_utilization_percent)
+        )
+
+    def passed_over(self, slot: Slot, report: GpuReport) -> str | None:
+        """Why `slot` may not take a task now according to `report`, or None when it may.
+
+        Every GPU of a multi-GPU slot must pass; a GPU missing from the report cannot.
+        """
+        fresh = {d.uuid: d for d in report.devices}
+        for device in slot.devices:
+            now = fresh.get(device.uuid)
+            if now is None:
+                return f"GPU {device.label} ({device.uuid}) is not in the NVML report"
+            why = self._refuses(now)
+            if why:
+                return f"GPU {device.label} {why}"
+        return None
+
+    def _refuses(self, device: GpuDevice) -> str | None:
+        free_gib = device.memory_free_bytes / _GIB
+        if self.min_free_bytes is not None and device.memory_free_bytes < self.min_free_bytes:
+            return f"has {free_gib:.1f} GiB free, less than {self.min_free_bytes / _GIB:.1f} GiB"
+        if self.min_free_share is not None and device.free_ratio < self.min_free_share:
+            return (
+                f"has {device.free_ratio:.0%} of its memory free, less than "
+                f"{self.min_free_share:.0%}"
+            )
+        limit = self.max_utilization_percent
+        used = device.utilization_percent
+        if limit is not None and used is not None and used > limit:
+            return f"is {used}% busy, more than {limit}%"
+        return None
+
+
+def parse_memory(text: str) -> tuple[int | None, float | None]:
+    """`--min-free-memory`: a size (8GiB, 500MiB, 12000000000) or a share of the card (40%).
+
+    Returns (bytes, share); LocalError says what is accepted.
+    """
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            share = float(value[:-1]) / 100
+            if not 0 < share <= 1:
+                raise ValueError
+            return None, share
+        for suffix, factor in (("GiB", _GIB), ("MiB", 1024**2), ("GB", 10**9), ("MB", 10**6)):
+            if value.endswith(suffix):
+                return int(float(value[: -len(suffix)]) * factor), None
+        return int(value), None
+    except ValueError:
+        raise LocalError(
+            f"--min-free-memory {text!r}: give a size such as 8GiB, 500MiB or a byte count, or "
+            "a share of the card such as 40%"
+        ) from None
 
 
 def _select(devices: Sequence[GpuDevice], wanted: str) -> list[GpuDevice]:
