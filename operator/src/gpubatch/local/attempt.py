@@ -9,13 +9,14 @@ per task gave besides, this keeps too: each command gets its own environment (CU
 is set before it starts, in its environment, not ours), its own session and process group, and a
 crash of one task cannot take the runner down (`run_task` turns every task failure into a result).
 
-Ties to the runner's life (`worker.run.Lifetime`): the kernel kills the command if the runner
-dies (PR_SET_PDEATHSIG), and the command inherits the state lock, so a second run cannot start
-while anything of this one is alive.
+Ties to the runner's life (`worker.run.Lifetime`): the runner's watchdog learns each command's
+process group and kills it if the runner dies (`local.watchdog`), and the command inherits the
+state lock, so a second run cannot start while anything of this one is alive.
 
-The thread is the unit a later change can replace with a long-lived process per slot fed many
-tasks (warm workers): the runner only needs `Attempt.stop` to ask for a stop and an `AttemptEnd`
-on its queue when the attempt is over.
+Each slot has one supervising thread for the whole run (`SlotWorker`), fed one attempt at a
+time: the unit a later change can replace with a long-lived task process per slot (warm
+workers), since the runner only needs `Attempt.stop` to ask for a stop and an `AttemptEnd` on
+its queue when the attempt is over.
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ class Attempt:
     deadline_slack: float = 0.0
     stop: StopRequest = field(default_factory=StopRequest)
     stop_reason: str | None = None
-    thread: threading.Thread | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -111,21 +111,38 @@ class Launch:
     lifetime: Lifetime
 
 
-def start(attempt: Attempt, launch: Launch, done: queue.SimpleQueue[AttemptEnd | None]) -> None:
-    """Start the attempt's supervising thread; its `AttemptEnd` arrives on `done`."""
-    thread = threading.Thread(
-        target=_supervise,
-        args=(attempt, launch, done),
-        name=f"gpubatch-task-{attempt.index}.{attempt.attempt}",
-        daemon=True,
-    )
-    attempt.thread = thread
-    thread.start()
+class SlotWorker:
+    """The supervising thread of one slot, alive for the whole run, running one attempt at a
+    time from its inbox (a thread started per task cost more than `true` itself).
+
+    It is also the place a long-lived task process per slot (warm workers) would plug in: the
+    runner only hands it attempts and reads `AttemptEnd`s from the shared queue.
+    """
+
+    def __init__(self, slot: Slot, done: queue.SimpleQueue[AttemptEnd | None]) -> None:
+        self.slot = slot
+        self._done = done
+        self._inbox: queue.SimpleQueue[tuple[Attempt, Launch] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._serve, name=f"gpubatch-slot-{slot.name}", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, attempt: Attempt, launch: Launch) -> None:
+        """Start the attempt (the slot must be idle); its end arrives on the done queue."""
+        self._inbox.put((attempt, launch))
+
+    def close(self) -> None:
+        """Let the thread end once its current attempt has (call with the slot idle)."""
+        self._inbox.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            self._done.put(_supervise(*item))
 
 
-def _supervise(
-    attempt: Attempt, launch: Launch, done: queue.SimpleQueue[AttemptEnd | None]
-) -> None:
+def _supervise(attempt: Attempt, launch: Launch) -> AttemptEnd:
     began = time.monotonic()
     try:
         with open(attempt.log, "wb") as sink:
@@ -154,4 +171,4 @@ def _supervise(
             node=attempt.node,
             message=f"the local runner could not run the attempt: {err}",
         )
-    done.put(AttemptEnd(attempt.key, result, time.time()))
+    return AttemptEnd(attempt.key, result, time.time())

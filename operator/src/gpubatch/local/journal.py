@@ -98,8 +98,9 @@ def state_dir(name: str, override: str | None = None) -> Path:
 class Journal:
     """Writes one run's records into a batch's state folder.
 
-    The record files stay open for the run and each record is one `write` (no fsync): a killed
-    runner loses nothing that was written, and a task costs no open/close of its own.
+    The record files stay open for the run and are written once per planner pass (`flush`, no
+    fsync): a killed runner loses nothing that was flushed, and a task costs no open, close or
+    write of its own. A start record is always flushed before its attempt starts.
     """
 
     def __init__(self, folder: Path, run: str) -> None:
@@ -116,12 +117,15 @@ class Journal:
         """Before an attempt starts: what to remove if this run dies before it ends."""
         line = {"index": index, "attempt": attempt, "remove": remove_if_unfinished}
         self._inflight.write(json.dumps(line) + "\n")
-        self._inflight.flush()
 
     def append(self, record: AttemptRecord) -> None:
         self._attempts.write(record.model_dump_json(exclude_none=True) + "\n")
-        self._attempts.flush()
         self._inflight.write(json.dumps({"ended": [record.index, record.attempt]}) + "\n")
+
+    def flush(self) -> None:
+        """Hand what was written to the kernel (one write per file): the runner calls it before
+        starting the attempts it recorded, and after judging the attempts that ended."""
+        self._attempts.flush()
         self._inflight.flush()
 
     def close(self) -> None:

@@ -8,8 +8,8 @@ of running a second copy of a task that an orphan is still writing. No pid file 
 a crashed holder's lock disappears with its processes. The file's text (pid, host, start) is
 only for the message.
 
-A run started right after a `kill -9` waits a moment for the lock: the kernel kills the old
-run's tasks (PR_SET_PDEATHSIG) as the runner dies, but they take a few milliseconds to exit.
+A run started right after a `kill -9` waits a moment for the lock: the old run's watchdog
+(`local.watchdog`) kills its tasks as the runner dies, but they take a moment to exit.
 """
 
 from __future__ import annotations
@@ -40,15 +40,12 @@ class StateLock:
         self.path = folder / LOCK_FILE
         self._fd: int | None = None
 
-    @property
-    def fd(self) -> int:
-        """The locked descriptor, for task processes to inherit."""
-        assert self._fd is not None, "the state lock is not held"
-        return self._fd
-
     def acquire(self, wait_seconds: float = WAIT_FOR_DYING_RUN_SECONDS) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Inheritable: every task keeps it open (worker.run.Lifetime), so the lock is held
+        # while any of them lives, even one that escaped the watchdog.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        os.set_inheritable(fd, True)
         give_up = time.monotonic() + wait_seconds
         while True:
             try:

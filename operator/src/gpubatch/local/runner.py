@@ -17,9 +17,10 @@ Local mode is not a second implementation of gpubatch. It reuses, unchanged:
 
 What local mode adds: one slot per GPU, pinned with CUDA_VISIBLE_DEVICES (`slots`); Ctrl-C
 forwarded to every task, which stops its command and removes partial outputs; one run per state
-folder, held while anything it started is alive (`lock`); tasks that die with the runner
-(PR_SET_PDEATHSIG); and a record of each attempt in flight, so after a `kill -9` the next run
-removes what the killed attempts half-wrote before it looks for finished work.
+folder, held while anything it started is alive (`lock`); tasks that die with the runner (its
+`watchdog` kills their process groups); and a record of each attempt in flight, so after a
+`kill -9` the next run removes what the killed attempts half-wrote before it looks for finished
+work.
 
 The loop blocks on a queue of attempt ends (and signals), so a task that ends is replaced at
 once, and every attempt that ended meanwhile is judged in one planner pass.
@@ -56,12 +57,12 @@ from gpubatch.core.podview import PodView
 from gpubatch.core.prepare import PreparedBatch
 from gpubatch.edges import storage
 from gpubatch.edges.nvml import GpuReport, probe_gpus
-from gpubatch.local import attempt as attempts
-from gpubatch.local.attempt import Attempt, AttemptEnd, Launch
+from gpubatch.local.attempt import Attempt, AttemptEnd, Launch, SlotWorker
 from gpubatch.local.errors import LocalError
 from gpubatch.local.journal import AttemptRecord, Journal, LocalState, SlotRecord
 from gpubatch.local.lock import StateLock, claim
 from gpubatch.local.slots import FreeBy, GpuThreshold, Slot, freest
+from gpubatch.local.watchdog import Watchdog
 from gpubatch.worker.run import Lifetime
 
 #: At most this long between progress redraws (and checks of timers) when nothing happens.
@@ -194,6 +195,8 @@ class LocalRunner:
         self._ready: list[Slot] = []  # idle slots that may take a task in this pass
         self._readings: GpuReport | None = None  # NVML, read again before each dispatch
         self._passed_over: dict[str, str] = {}
+        self._workers: dict[str, SlotWorker] = {}
+        self._pending_launch: list[tuple[Attempt, Launch]] = []
 
     # ------------------------------------------------------------------------------ checks
     def check(self) -> list[str]:
@@ -264,12 +267,17 @@ class LocalRunner:
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGINT, signal.SIGTERM)
         }
+        watchdog = Watchdog()  # forked before any thread of this run exists
+        self._workers = {slot.name: SlotWorker(slot, self._done) for slot in self.slots}
         try:
-            self._loop(Lifetime(die_with_parent=True, inherit_fds=(lock.fd,)))
+            self._loop(Lifetime(groups=watchdog, keep_inheritable_fds=True))
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self._abandon()
+            for worker in self._workers.values():
+                worker.close()
+            watchdog.close()
             self._save(force=True)
             self._show(force=True)
             self.journal.close()
@@ -335,12 +343,15 @@ class LocalRunner:
             )
         )
         self._status, self._cursor = decided.status, decided.cursor
+        assert self.journal is not None
+        self.journal.flush()  # the ends judged in this pass, one write for all of them
         self._report_ended()
         for view, reason in decided.stop:
             self._stop(self._active.get(view.key), reason, signal.SIGTERM)
         if not self._stopping and decided.create:
             for create in decided.create:
                 self._start(create, lifetime)
+            self._launch_recorded()
             # On a cluster the new pods' events wake the next pass; here nothing would until
             # a task ends, and that pass sets the timers (batch deadline) that depend on the
             # start time the dispatching pass has just recorded.
@@ -403,11 +414,20 @@ class LocalRunner:
             deadline_slack=self.options.grace_seconds + KILL_AFTER_GRACE_SECONDS,
         )
         self._active[attempt.key] = attempt
-        attempts.start(attempt, launch, self._done)
+        self._pending_launch.append((attempt, launch))
         if self.options.verbose:
             self.display.message(
                 f"task {create.index} started on {slot.name} (attempt {create.attempt})"
             )
+
+    def _launch_recorded(self) -> None:
+        """Start the attempts this pass created, once their start records are on disk (one
+        write for the pass, not one per task)."""
+        assert self.journal is not None
+        self.journal.flush()
+        for attempt, launch in self._pending_launch:
+            self._workers[attempt.slot.name].run(attempt, launch)
+        self._pending_launch.clear()
 
     def _take_slot(self) -> Slot:
         # The planner creates at most as many attempts as there are ready slots.
@@ -494,7 +514,7 @@ class LocalRunner:
             log=str(attempt.log),
             stopped=attempt.stop_reason == STOP_BATCH_ENDED,
         )
-        self.journal.append(record)
+        self.journal.append(record)  # flushed once per pass (see _pass)
         self._records.append(record)
         if result.reason in CANNOT_START and self._cannot_start is None:
             self._cannot_start = result.message
@@ -604,11 +624,8 @@ class LocalRunner:
         wait for their supervisors, which kill each command's group after the grace."""
         for attempt in self._active.values():
             attempt.stop.request(signal.SIGTERM)
-        for attempt in list(self._active.values()):
-            if attempt.thread is not None:
-                attempt.thread.join()
-        if self._active:
-            self._collect(0.0)
+        while self._active:  # each ends by the grace, when its supervisor kills the command
+            self._collect(IDLE_WAKE_SECONDS)
 
     def slot_records(self) -> list[SlotRecord]:
         return [
