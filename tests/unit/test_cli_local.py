@@ -570,3 +570,22 @@ def test_an_output_folder_that_cannot_be_written_is_found_before_any_task_runs(t
     assert run(path, tmp_path) == 3
     assert f"cannot write outputs to {unwritable}" in capsys.readouterr().err
     assert records(tmp_path) == []
+
+
+def test_outputs_beyond_the_first_scan_are_checked_while_tasks_run(tmp_path, monkeypatch, capsys):
+    from gpubatch.local import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "SCAN_FIRST", 2)
+    monkeypatch.setattr(runner_module, "SCAN_CHUNK", 3)
+    path = batch_file(tmp_path, WRITE, tasks=8)
+    (tmp_path / "out").mkdir()
+    for n in range(4, 8):  # done by an earlier run
+        (tmp_path / "out" / f"n{n}.txt").write_text("earlier")
+    assert run(path, tmp_path) == 0
+    assert "the outputs of the other 6 are checked while tasks run" in capsys.readouterr().err
+    assert outputs(tmp_path) == {
+        **{f"n{n}.txt": f"shot {n}" for n in range(4)},
+        **{f"n{n}.txt": "earlier" for n in range(4, 8)},  # skipped, never redone
+    }
+    state = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert state["status"]["counts"]["skipped"] == 4

@@ -66,3 +66,10 @@ def test_a_task_whose_output_cannot_be_rendered_is_invalid_alone() -> None:
     scan = scan_outputs(batch, Existing("/out/ok.txt"))
     assert list(scan.invalid) == [1] and "outputRoot" in scan.invalid[1]
     assert list(scan.complete) == [0]
+
+
+def test_only_the_tasks_asked_about_are_checked() -> None:
+    existing = Existing("/out/a3", "/out/a1")
+    scan = scan_outputs(_batch(["a{n}"]), existing, indexes=[3, 2])
+    assert existing.asked == [["/out/a3", "/out/a2"]]
+    assert list(scan.complete) == [3]

@@ -37,7 +37,7 @@ from gpubatch.core.prepare import PreparedBatch
 from gpubatch.edges.nvml import GpuReport, probe_gpus
 from gpubatch.local.journal import load_state, read_attempts, state_dir
 from gpubatch.local.lock import StateLock, claim
-from gpubatch.local.runner import LocalRunner, RunOptions
+from gpubatch.local.runner import LocalRunner, RunOptions, scan_first
 from gpubatch.local.slots import GpuThreshold, SlotPlan, parse_memory, plan_slots
 
 
@@ -148,7 +148,7 @@ def _run_claimed(
     folder: Path,
     lock: StateLock,
 ) -> int:
-    scan = scan_outputs(prepared)
+    scan, later = scan_first(prepared)
     display = ProgressDisplay(enabled=not args.no_progress)
     runner = LocalRunner(
         batch_file.name,
@@ -164,14 +164,23 @@ def _run_claimed(
         ),
         display=ProgressReporter(batch_file.name, display, len(scan.complete) + len(scan.invalid)),
         lock=lock,
+        scan_later=later,
     )
     notes = [*slots.notes, *runner.check()]
     total = len(prepared.tasks)
     todo = total - len(scan.complete) - len(scan.invalid)
-    _err(
-        f"gpubatch run: {batch_file.name}: {total} tasks, {todo} to run, {len(scan.complete)} "
-        f"already done (outputs exist)" + (f", {len(scan.invalid)} invalid" if scan.invalid else "")
-    )
+    invalid = f", {len(scan.invalid)} invalid" if scan.invalid else ""
+    if later:
+        _err(
+            f"gpubatch run: {batch_file.name}: {total} tasks; of the first {total - len(later)} "
+            f"in dispatch order, {len(scan.complete)} already done (outputs exist){invalid}; "
+            f"the outputs of the other {len(later)} are checked while tasks run"
+        )
+    else:
+        _err(
+            f"gpubatch run: {batch_file.name}: {total} tasks, {todo} to run, "
+            f"{len(scan.complete)} already done (outputs exist){invalid}"
+        )
     for slot in slots.slots:
         _err(f"  slot {slot.describe()}")
     for note in notes:

@@ -39,9 +39,13 @@ class OutputScan:
 
 
 def scan_outputs(
-    prepared: PreparedBatch, existing: ExistingPaths, skip: IndexSet | None = None
+    prepared: PreparedBatch,
+    existing: ExistingPaths,
+    skip: IndexSet | None = None,
+    indexes: Iterable[int] | None = None,
 ) -> OutputScan:
-    """Check the outputs of every task not in `skip` (already final) with one bulk call.
+    """Check the outputs of every task (or of `indexes`) not in `skip` (already final) with
+    one bulk call.
 
     A batch without outputs skips nothing and calls `existing` not at all.
     """
@@ -49,7 +53,8 @@ def scan_outputs(
     if not prepared.spec.outputs:
         return scan
     per_task: list[tuple[int, tuple[str, ...]]] = []
-    for index in _indexes_except(len(prepared.tasks), skip or IndexSet()):
+    wanted = range(len(prepared.tasks)) if indexes is None else indexes
+    for index in _indexes_except(wanted, skip or IndexSet()):
         try:
             per_task.append((index, prepared.renderer.outputs(prepared.tasks.task(index))))
         except TaskSpecError as err:
@@ -61,5 +66,5 @@ def scan_outputs(
     return scan
 
 
-def _indexes_except(total: int, skip: IndexSet) -> Iterator[int]:
-    return (index for index in range(total) if index not in skip)
+def _indexes_except(indexes: Iterable[int], skip: IndexSet) -> Iterator[int]:
+    return (index for index in indexes if index not in skip)

@@ -25,7 +25,7 @@ import queue
 import shlex
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,9 +119,10 @@ class SlotWorker:
     runner only hands it attempts and reads `AttemptEnd`s from the shared queue.
     """
 
-    def __init__(self, slot: Slot, done: queue.SimpleQueue[AttemptEnd | None]) -> None:
+    def __init__(self, slot: Slot, report: Callable[[AttemptEnd], None]) -> None:
+        """`report` receives each attempt's end, in this slot's thread."""
         self.slot = slot
-        self._done = done
+        self._report = report
         self._inbox: queue.SimpleQueue[tuple[Attempt, Launch] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._serve, name=f"gpubatch-slot-{slot.name}", daemon=True
@@ -139,7 +140,7 @@ class SlotWorker:
 
     def _serve(self) -> None:
         while (item := self._inbox.get()) is not None:
-            self._done.put(_supervise(*item))
+            self._report(_supervise(*item))
 
 
 def _supervise(attempt: Attempt, launch: Launch) -> AttemptEnd:

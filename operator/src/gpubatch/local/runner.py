@@ -34,6 +34,7 @@ import queue
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -46,6 +47,7 @@ from typing import Final, Protocol
 from gpubatch.api.result import Reason
 from gpubatch.api.spec import GPUBatchSpec
 from gpubatch.api.status import GPUBatchStatus, RetryState, TaskCounts
+from gpubatch.core import outputscan
 from gpubatch.core.errors import TaskSpecError
 from gpubatch.core.indexset import IndexSet
 from gpubatch.core.invocation import task_invocation
@@ -71,6 +73,12 @@ IDLE_WAKE_SECONDS: Final = 0.25
 SAVE_EVERY_SECONDS: Final = 1.0
 #: After the tasks' own grace, how long the planner waits before it reports a stop as stuck.
 KILL_AFTER_GRACE_SECONDS: Final = 5.0
+#: Tasks whose outputs are checked before the first one starts (in dispatch order); the others
+#: are checked in chunks by a background thread while tasks run, so a 100,000-task batch starts
+#: its first task at once. A task started before its chunk was checked re-checks its own
+#: outputs (the worker's skip check), so nothing runs twice either way.
+SCAN_FIRST: Final = 5_000
+SCAN_CHUNK: Final = 10_000
 #: How often GPUs passed over (too little free memory, too busy) are read again while idle.
 GPU_RECHECK_SECONDS: Final = 5.0
 #: Results that mean the command cannot start at all: the batch's configuration is wrong.
@@ -86,6 +94,24 @@ def _clip(message: str) -> str:
     if len(message) <= MESSAGE_SHOWN_CHARS:
         return message
     return message[: MESSAGE_SHOWN_CHARS - 3] + "..."
+
+
+def scan_first(prepared: PreparedBatch) -> tuple[OutputScan, range]:
+    """Check the outputs of the first SCAN_FIRST tasks in dispatch order; returns the scan and
+    the dispatch positions left for the runner to check as it goes. When storage cannot answer,
+    nothing is skipped up front (`problem` says why) and each task checks its own outputs."""
+    total = len(prepared.tasks)
+    if not prepared.spec.outputs:
+        return OutputScan(), range(0)
+    first = min(total, SCAN_FIRST)
+    order = prepared.dispatch_order()
+    try:
+        scan = outputscan.scan_outputs(
+            prepared, storage.existing, indexes=[order.at(p) for p in range(first)]
+        )
+    except storage.StorageError as err:
+        return OutputScan(problem=f"could not check the outputs: {err}"), range(0)
+    return scan, range(first, total)
 
 
 class Reporter(Protocol):
@@ -150,9 +176,11 @@ class LocalRunner:
         display: Reporter | None = None,
         gpu_reporter: Callable[[], GpuReport] = probe_gpus,
         lock: StateLock | None = None,
+        scan_later: range = range(0),
     ) -> None:
         """`lock`: the state folder, already claimed (`local.lock.claim`) before the output scan;
-        without one, `run` claims it."""
+        without one, `run` claims it. `scan_later`: dispatch positions whose outputs `scan` has
+        not checked (see `scan_first`); a background thread checks them while tasks run."""
         if not slots:
             raise LocalError("no slots to run on")
         self.name = name
@@ -163,6 +191,8 @@ class LocalRunner:
         self.display: Reporter = display if display is not None else _Silent()
         self._gpu_reporter = gpu_reporter
         self._lock = lock
+        self._scan_later = scan_later
+        self._found_later = IndexSet()  # found by the background scan since the last pass
         spec = prepared.spec
         parallelism = min(spec.parallelism or len(slots), len(slots))
         # The planner never starts more tasks than there are slots, and never holds any back
@@ -181,7 +211,7 @@ class LocalRunner:
         self._status = GPUBatchStatus()
         self._cursor = 0
         self._active: dict[tuple[int, int], Attempt] = {}
-        self._done: queue.SimpleQueue[AttemptEnd | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[AttemptEnd | OutputScan | None] = queue.SimpleQueue()
         self._ended: list[_Ended] = []
         self._invalid = dict(scan.invalid)
         self._idle: list[Slot] = list(slots)
@@ -268,7 +298,9 @@ class LocalRunner:
             for signum in (signal.SIGINT, signal.SIGTERM)
         }
         watchdog = Watchdog()  # forked before any thread of this run exists
-        self._workers = {slot.name: SlotWorker(slot, self._done) for slot in self.slots}
+        self._workers = {slot.name: SlotWorker(slot, self._done.put) for slot in self.slots}
+        if self._scan_later:
+            threading.Thread(target=self._scan_rest, name="gpubatch-scan", daemon=True).start()
         try:
             self._loop(Lifetime(groups=watchdog, keep_inheritable_fds=True))
         finally:
@@ -334,7 +366,7 @@ class LocalRunner:
                 ],
                 order=self._order,
                 cursor=self._cursor,
-                outputs_exist=self.scan.complete if first else None,
+                outputs_exist=self._outputs_found(first),
                 node_models=self._node_models,
                 invalid_tasks=self._invalid,
                 # As many creates as slots that may take a task now, so a task is never
@@ -363,6 +395,32 @@ class LocalRunner:
         if self._passed_over and not self._stopping:
             wake.append(now + GPU_RECHECK_SECONDS)  # a passed-over GPU may have freed up
         return min(wake, default=None)
+
+    def _outputs_found(self, first: bool) -> IndexSet | None:
+        """For the planner to record as skipped: the first scan on the first pass, then what
+        the background scan has found since the previous pass."""
+        if first:
+            return self.scan.complete
+        if not self._found_later:
+            return None
+        found, self._found_later = self._found_later, IndexSet()
+        return found
+
+    def _scan_rest(self) -> None:
+        """The background scan: the rest of the batch in dispatch order, chunk by chunk, each
+        chunk's result posted to the loop's queue. Storage errors end it quietly: the tasks
+        check their own outputs anyway."""
+        positions = self._scan_later
+        for start in range(positions.start, positions.stop, SCAN_CHUNK):
+            if self._stopping:
+                return
+            chunk = range(start, min(start + SCAN_CHUNK, positions.stop))
+            indexes = [self._order.at(position) for position in chunk]
+            try:
+                found = outputscan.scan_outputs(self.prepared, storage.existing, indexes=indexes)
+            except storage.StorageError:
+                return
+            self._done.put(found)
 
     def _ready_slots(self) -> list[Slot]:
         """The idle slots that may take a task now: all of them, unless GPU thresholds are set
@@ -490,10 +548,17 @@ class LocalRunner:
         with contextlib.suppress(queue.Empty):
             while True:
                 items.append(self._done.get_nowait())
-        ends = [item for item in items if item is not None]  # None: a signal woke us
-        for end in ends:
-            self._ended.append(self._finish(end))
-        return bool(ends)
+        news = False
+        for item in items:
+            if isinstance(item, AttemptEnd):
+                self._ended.append(self._finish(item))
+                news = True
+            elif isinstance(item, OutputScan):  # a chunk of the background scan
+                self._found_later = self._found_later.union(item.complete)
+                self._invalid.update(item.invalid)
+                news = True
+            # None: a signal woke the loop; _handle_signals reads it
+        return news
 
     def _finish(self, end: AttemptEnd) -> _Ended:
         assert self.journal is not None
