@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gpubatch.edges.nvml import GpuDevice, freest_first, load_nvml, probe_gpus
+from gpubatch.edges.nvml import load_nvml, probe_gpus
 
 pytestmark = pytest.mark.unit
 
@@ -229,25 +229,6 @@ def test_mig_instances_are_reported_instead_of_their_parent() -> None:
     assert [(d.label, d.uuid) for d in report.devices] == [("0:0", "MIG-1111"), ("0:1", "MIG-2222")]
     only = probe_gpus(FakeNvmlLibrary([parent]), environ={"CUDA_VISIBLE_DEVICES": "MIG-2222"})
     assert [d.uuid for d in only.devices] == ["MIG-2222"]
-
-
-def a_device(index: int, total_gib: int, free_gib: int) -> GpuDevice:
-    return GpuDevice(
-        index=index,
-        name="gpu",
-        uuid=f"GPU-{index}",
-        memory_total_bytes=total_gib * GIB,
-        memory_used_bytes=(total_gib - free_gib) * GIB,
-        memory_free_bytes=free_gib * GIB,
-    )
-
-
-def test_freest_first_orders_by_free_bytes_or_free_ratio() -> None:
-    big_busy = a_device(0, 80, 20)  # 20 GiB free, 25 %
-    small_idle = a_device(1, 16, 15)  # 15 GiB free, 94 %
-    mid = a_device(2, 24, 20)  # 20 GiB free, 83 %
-    assert [d.index for d in freest_first([big_busy, small_idle, mid])] == [0, 2, 1]
-    assert [d.index for d in freest_first([big_busy, small_idle, mid], by="ratio")] == [1, 2, 0]
 
 
 def test_report_to_dict_is_json_ready() -> None:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from gpubatch.api.result import GpuIdentity
 
@@ -151,15 +151,6 @@ def probe_gpus(
     finally:
         with contextlib.suppress(error_type):
             module.nvmlShutdown()
-
-
-def freest_first(
-    devices: Sequence[GpuDevice], by: Literal["bytes", "ratio"] = "bytes"
-) -> list[GpuDevice]:
-    """Devices ordered by free memory, most first (user E's helper; ties keep NVML order)."""
-    if by == "bytes":
-        return sorted(devices, key=lambda d: -d.memory_free_bytes)
-    return sorted(devices, key=lambda d: -d.free_ratio)
 
 
 def _probe_initialised(
