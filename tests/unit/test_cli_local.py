@@ -402,6 +402,8 @@ def test_ctrl_c_stops_every_task_leaves_no_half_output_and_a_rerun_continues(tmp
 # the test lets it go on (the HOLD file is gone), then finishes the output.
 EXCLUSIVE_HALF_THEN_REST = """
 import fcntl, os, sys, time
+if 'PIDS' in os.environ:
+    open(os.environ['PIDS'] + '/' + sys.argv[2], 'w').write(str(os.getpid()))
 guard = open(os.environ['OVERLAP'] + '.lock-' + sys.argv[2], 'w')
 try:
     fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -420,14 +422,19 @@ out.write(' and the rest')
 def test_after_kill_9_of_the_runner_a_rerun_completes_every_output_running_each_task_once(
     tmp_path, atomic
 ):
-    hold, overlap = tmp_path / "hold", tmp_path / "overlap"
+    hold, overlap, pids = tmp_path / "hold", tmp_path / "overlap", tmp_path / "pids"
     hold.write_text("")
+    pids.mkdir()
     path = batch_file(
         tmp_path,
         EXCLUSIVE_HALF_THEN_REST,
         tasks=6,
         worker={"requireGPU": False, "atomicOutputs": atomic},
-        env=[{"name": "HOLD", "value": str(hold)}, {"name": "OVERLAP", "value": str(overlap)}],
+        env=[
+            {"name": "HOLD", "value": str(hold)},
+            {"name": "OVERLAP", "value": str(overlap)},
+            {"name": "PIDS", "value": str(pids)},
+        ],
     )
     command = [*GPUBATCH, "run", str(path), "--slots", "2", "--no-progress"]
     command += ["--state-dir", str(tmp_path / "state")]
@@ -439,7 +446,16 @@ def test_after_kill_9_of_the_runner_a_rerun_completes_every_output_running_each_
         time.sleep(0.05)
     first.kill()  # SIGKILL: the runner can clean up nothing
     first.wait()
-    hold.unlink()  # from now on every task can finish
+    try:
+        # The running tasks wait for HOLD, so only a kill ends them: the runner's watchdog's.
+        running = [int(p.read_text()) for p in pids.iterdir()]
+        assert running
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in running):
+            assert time.monotonic() < deadline, "tasks outlived the killed runner"
+            time.sleep(0.02)
+    finally:
+        hold.unlink()  # from now on every task can finish (also any that outlived the runner)
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=120)
 
@@ -447,6 +463,15 @@ def test_after_kill_9_of_the_runner_a_rerun_completes_every_output_running_each_
     assert "0 already done" in rerun.stderr  # the two half-written outputs were not taken
     assert outputs(tmp_path) == {f"n{i}.txt": "half and the rest" for i in range(6)}
     assert not overlap.exists()  # no task ever ran twice at once
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for its new parent to reap it counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
 
 
 def test_a_second_run_of_a_batch_still_running_is_refused_with_what_to_do(tmp_path, capsys):

@@ -37,10 +37,16 @@ class Watchdog:
         os.close(read_end)
 
     def started(self, pgid: int) -> None:
-        os.write(self._write_end, f"+{pgid}\n".encode())  # < PIPE_BUF: one atomic write
+        self._tell(f"+{pgid}\n")
 
     def ended(self, pgid: int) -> None:
-        os.write(self._write_end, f"-{pgid}\n".encode())
+        self._tell(f"-{pgid}\n")
+
+    def _tell(self, line: str) -> None:
+        # One write below PIPE_BUF is atomic, whichever slot thread writes. A watchdog that is
+        # gone (killed on its own) must not turn a task's start into a task failure.
+        with contextlib.suppress(OSError):
+            os.write(self._write_end, line.encode())
 
     def close(self) -> None:
         """The run ended normally: let the watchdog go (no group is left to kill)."""
