@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,14 @@ from gpubatch.cli.statusview import (
 from gpubatch.cli.timeline import bars_from_pods, bars_from_records, plot_timeline
 from gpubatch.cli.watch import follow
 from gpubatch.core.errors import SpecError
+from gpubatch.core.outputscan import OutputScan
 from gpubatch.core.podspec import BatchRef, render_pod
 from gpubatch.core.podview import pod_view
 from gpubatch.core.prepare import PreparedBatch
 from gpubatch.edges.nvml import GpuReport, probe_gpus
 from gpubatch.local.journal import load_state, read_attempts, state_dir
 from gpubatch.local.lock import StateLock, claim
-from gpubatch.local.runner import LocalRunner, RunOptions, scan_first
+from gpubatch.local.runner import LocalOutcome, LocalRunner, RunOptions, scan_first
 from gpubatch.local.slots import GpuThreshold, SlotPlan, parse_memory, plan_slots
 
 
@@ -167,18 +169,30 @@ def _run_claimed(
         scan_later=later,
     )
     notes = [*slots.notes, *runner.check()]
-    total = len(prepared.tasks)
+    _announce(batch_file.name, len(prepared.tasks), scan, later, slots, notes)
+    _err(f"  records and logs: {folder}/")
+    try:
+        outcome = runner.run()
+    finally:
+        display.close()
+    return _conclude(batch_file.name, outcome, runner)
+
+
+def _announce(
+    name: str, total: int, scan: OutputScan, later: range, slots: SlotPlan, notes: Sequence[str]
+) -> None:
+    """What the run is about to do, before the first task starts."""
     todo = total - len(scan.complete) - len(scan.invalid)
     invalid = f", {len(scan.invalid)} invalid" if scan.invalid else ""
     if later:
         _err(
-            f"gpubatch run: {batch_file.name}: {total} tasks; of the first {total - len(later)} "
-            f"in dispatch order, {len(scan.complete)} already done (outputs exist){invalid}; "
-            f"the outputs of the other {len(later)} are checked while tasks run"
+            f"gpubatch run: {name}: {total} tasks; of the first {total - len(later)} in dispatch "
+            f"order, {len(scan.complete)} already done (outputs exist){invalid}; the outputs of "
+            f"the other {len(later)} are checked while tasks run"
         )
     else:
         _err(
-            f"gpubatch run: {batch_file.name}: {total} tasks, {todo} to run, "
+            f"gpubatch run: {name}: {total} tasks, {todo} to run, "
             f"{len(scan.complete)} already done (outputs exist){invalid}"
         )
     for slot in slots.slots:
@@ -186,15 +200,14 @@ def _run_claimed(
     for note in notes:
         _err(f"  note: {note}")
     if scan.problem:
-        _err(f"  note: {scan.problem}; each task's worker checks its own outputs")
-    _err(f"  records and logs: {folder}/")
-    try:
-        outcome = runner.run()
-    finally:
-        display.close()
+        _err(f"  note: {scan.problem}; each task checks its own outputs")
+
+
+def _conclude(name: str, outcome: LocalOutcome, runner: LocalRunner) -> int:
+    """The run's summary and its exit code."""
     status = outcome.status
     state = "interrupted" if outcome.interrupted else batch_state(status)
-    print(f"{batch_file.name}: {state} - {summary_line(status)}")
+    print(f"{name}: {state} - {summary_line(status)}")
     if outcome.records:
         print("\nper slot (this run):")
         print(slot_table(outcome.records, runner.slot_records(), outcome.wall_seconds))
