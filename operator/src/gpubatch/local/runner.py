@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +46,7 @@ from typing import Final, Protocol
 
 from gpubatch.api.result import Reason
 from gpubatch.api.spec import GPUBatchSpec
-from gpubatch.api.status import GPUBatchStatus, RetryState, TaskCounts
+from gpubatch.api.status import GPUBatchStatus, TaskCounts
 from gpubatch.core import outputscan
 from gpubatch.core.errors import TaskSpecError
 from gpubatch.core.indexset import IndexSet
@@ -63,6 +63,7 @@ from gpubatch.local.attempt import Attempt, AttemptEnd, Launch, SlotWorker
 from gpubatch.local.errors import LocalError
 from gpubatch.local.journal import AttemptRecord, Journal, LocalState, SlotRecord
 from gpubatch.local.lock import StateLock, claim
+from gpubatch.local.messages import ended_lines
 from gpubatch.local.slots import FreeBy, GpuThreshold, Slot, freest
 from gpubatch.local.watchdog import Watchdog
 from gpubatch.worker.run import Lifetime
@@ -83,17 +84,6 @@ SCAN_CHUNK: Final = 10_000
 GPU_RECHECK_SECONDS: Final = 5.0
 #: Results that mean the command cannot start at all: the batch's configuration is wrong.
 CANNOT_START: Final = frozenset({Reason.COMMAND_NOT_FOUND, Reason.COMMAND_NOT_EXECUTABLE})
-
-
-#: How much of a failure message a progress line shows (the whole one is in the records).
-MESSAGE_SHOWN_CHARS: Final = 300
-
-
-def _clip(message: str) -> str:
-    """The start of a long message (where it says what failed), marked as cut."""
-    if len(message) <= MESSAGE_SHOWN_CHARS:
-        return message
-    return message[: MESSAGE_SHOWN_CHARS - 3] + "..."
 
 
 def scan_first(prepared: PreparedBatch) -> tuple[OutputScan, range]:
@@ -598,51 +588,14 @@ class LocalRunner:
         return _Ended(record, view)
 
     def _report_ended(self) -> None:
-        """One line per attempt that did not succeed (and per task with -v), after the planner
-        has judged it, so the line can say whether it will be retried."""
+        """The lines about attempts that ended, now that the planner has judged them."""
         if not self._ended:
             return
-        failed = IndexSet.parse(self._status.failed_indexes)
-        retrying = {r.index: r for r in self._status.retries}
-        for ended in self._ended:
-            record = ended.record
-            result = record.result
-            outcome = record.outcome
-            took = f"{record.end - record.start:.1f}s"
-            if outcome in ("succeeded", "skipped"):
-                if self.options.verbose:
-                    self.display.message(
-                        f"task {record.index} {outcome} on {record.slot} in {took}"
-                    )
-                continue
-            verdict = self._verdict(record.index, outcome, failed, retrying)
-            why = (
-                f"{result.reason}: {_clip(' '.join(result.message.split()))}"
-                if result is not None
-                else f"the attempt ended with code {record.exit_code} and left no result"
-            )
-            self.display.message(
-                f"task {record.index} attempt {record.attempt} on {record.slot} failed after "
-                f"{took}, {verdict} - {why} (log: {record.log})"
-            )
+        records = [ended.record for ended in self._ended]
+        now = datetime.now(UTC)
+        for line in ended_lines(records, self._status, now, verbose=self.options.verbose):
+            self.display.message(line)
         self._ended.clear()
-
-    def _verdict(
-        self, index: int, outcome: str, failed: IndexSet, retrying: Mapping[int, RetryState]
-    ) -> str:
-        """What happens next to a task whose attempt did not succeed."""
-        if outcome == "stopped":
-            return "stopped by the run"
-        if index in failed:
-            return "failed for good"
-        retry = retrying.get(index)
-        if retry is None:
-            return "not retried"
-        when = ""
-        if retry.not_before is not None:
-            wait = (retry.not_before - datetime.now(UTC)).total_seconds()
-            when = f" after a backoff of {max(0.0, wait):.1f}s"
-        return f"will be retried as attempt {retry.attempts}{when}"
 
     # ------------------------------------------------------------------------------- stop
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
