@@ -73,6 +73,8 @@ test: venv testbin lint ## everything CI runs: lint, unit, integration and bench
 # --- benchmarks and chaos (results: tests/bench/results/, quoted in BENCHMARKS.md) ----------
 .PHONY: bench
 bench: venv testbin ## full-size benchmarks: gpubatch vs Indexed Job vs raw client (tens of minutes)
+	@command -v parallel >/dev/null || { echo "[bench] installing GNU parallel (apt-get)"; \
+	  apt-get update -qq && apt-get install -y -qq parallel; }
 	cd tests && ../$(PY) -m bench
 
 .PHONY: chaos

@@ -26,12 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mean-seconds", type=float, help="mean task duration of the makespan scenario"
     )
+    parser.add_argument(
+        "--skewed-seconds", type=float, help="sum of the local scenario's skewed task durations"
+    )
     args = parser.parse_args(argv)
     scale = SMOKE if args.smoke else Scale()
     if args.tasks:
         scale = replace(
             scale, dispatch_tasks=args.tasks, makespan_tasks=args.tasks, mixed_tasks=args.tasks
         )
+    if args.skewed_seconds:
+        scale = replace(scale, local_skewed_seconds=args.skewed_seconds)
     if args.mean_seconds:
         scale = replace(scale, mean_seconds=args.mean_seconds)
     RESULTS.mkdir(exist_ok=True)

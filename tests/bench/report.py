@@ -195,6 +195,8 @@ def render() -> str:
                 ]
             )
         )
+    if (r := _load("local")) is not None:
+        parts.append(_local_section(r))
     chaos = sorted(RESULTS.glob("chaos-*.json"))
     if chaos:
         parts.append("\n### Chaos\n")
@@ -224,6 +226,54 @@ def render() -> str:
             )
         parts.append("\n".join(lines))
     return "\n".join(parts) + "\n"
+
+
+_METHODS = (
+    ("gpubatch_index", "`gpubatch run` (index order)"),
+    ("gpubatch_longest_first", "`gpubatch run` (longest first)"),
+    ("seed_queue", "seed-000 queue (Manager queue, process per slot)"),
+    ("gnu_parallel", "GNU parallel `-j N`"),
+    ("static_split", "seed-003 static split"),
+)
+
+
+def _local_section(r: dict[str, Any]) -> str:
+    """One table, one column per workload, one row per method (seconds of wall time)."""
+    columns = [
+        (f"{r['tiny_2_slots']['tasks']} x `true`, 2 slots", r["tiny_2_slots"]),
+        (f"{r['tiny_4_slots']['tasks']} x `true`, 4 slots", r["tiny_4_slots"]),
+        (
+            f"{r['skewed_4_slots']['tasks']} log-normal sleeps (sum "
+            f"{r['skewed_4_slots']['sum_seconds']:.1f} s, lower bound "
+            f"{r['skewed_4_slots']['lower_bound_seconds']:.1f} s), 4 slots",
+            r["skewed_4_slots"],
+        ),
+    ]
+    bound = r["skewed_4_slots"]["lower_bound_seconds"]
+    lines = [
+        f"\n### 7. `gpubatch run` against the users' scripts ({r['cpus']}-core machine, "
+        "wall seconds)\n",
+        "| method | " + " | ".join(name for name, _ in columns) + " |",
+        "| --- |" + " --- |" * len(columns),
+    ]
+    for key, label in _METHODS:
+        cells = []
+        for _, data in columns:
+            value = data.get(key)
+            if value is None:
+                cells.append("-")
+            elif data is r["skewed_4_slots"]:
+                cells.append(f"{value:.1f} ({value / bound:.2f}x)")
+            else:
+                cells.append(f"{value:.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    big = r["range"]
+    lines.append(
+        f"\n{big['tasks']}-task range on {big['slots']} slots: first task ran "
+        f"{big['first_task_seconds']:.2f} s after `gpubatch run` started (target <= 1 s); "
+        f"peak memory {big['peak_rss_mib']:.0f} MiB (target <= 100 MiB)."
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

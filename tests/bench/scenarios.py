@@ -40,6 +40,10 @@ class Scale:
     cost_manifest_tasks: int = 100_000
     scan_outputs: int = 100_000
     s3_outputs: int = 10_000
+    local_tiny_tasks: int = 2_000
+    local_skewed_tasks: int = 200
+    local_skewed_seconds: float = 332.0
+    local_range_tasks: int = 100_000
     timeout: float = 3600
 
 
@@ -51,6 +55,10 @@ SMOKE = Scale(
     cost_manifest_tasks=2_000,
     scan_outputs=2_000,
     s3_outputs=200,
+    local_tiny_tasks=40,
+    local_skewed_tasks=16,
+    local_skewed_seconds=2.0,
+    local_range_tasks=2_000,
     timeout=300,
 )
 
@@ -423,10 +431,13 @@ def _s3_scan(n: int) -> dict[str, Any]:
         server.stop()
 
 
+from bench.local import local_runs  # noqa: E402
+
 SCENARIOS = {
     "dispatch": dispatch_rate,
     "makespan": makespan,
     "mixed": mixed_gpus,
     "cost": cost_at_100k,
     "scan": skip_scan,
+    "local": local_runs,
 }

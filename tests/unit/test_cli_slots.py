@@ -8,11 +8,12 @@ The no-GPU path is checked for real, with this machine's actual NVML answer.
 from __future__ import annotations
 
 import pytest
+from test_nvml import FakeGpu, FakeNvmlLibrary
 
-from gpubatch.cli.errors import CliError, Exit
 from gpubatch.cli.main import build_parser, main
-from gpubatch.cli.slots import CPU_MODEL, Slot, freest, plan_slots
 from gpubatch.edges.nvml import GpuDevice, GpuReport, probe_gpus
+from gpubatch.local.errors import LocalError
+from gpubatch.local.slots import CPU_MODEL, GpuThreshold, Slot, freest, parse_memory, plan_slots
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +53,7 @@ def test_gpus_option_picks_cards_by_index_or_uuid():
 
 
 def test_gpus_option_naming_an_absent_card_lists_the_cards_there_are():
-    with pytest.raises(CliError, match=r"--gpus '5' matches no single GPU here.*0 \(GPU-fake"):
+    with pytest.raises(LocalError, match=r"--gpus '5' matches no single GPU here.*0 \(GPU-fake"):
         plan_slots(fake_report(fake_gpu(0)), gpus="5")
 
 
@@ -64,16 +65,16 @@ def test_tasks_needing_two_gpus_get_slots_of_two_and_a_spare_card_is_reported():
 
 
 def test_too_few_gpus_for_one_task_is_an_environment_error():
-    with pytest.raises(CliError) as caught:
+    with pytest.raises(LocalError) as caught:
         plan_slots(fake_report(fake_gpu(0)), gpus_per_task=2)
-    assert caught.value.code == Exit.ENVIRONMENT
+    assert caught.value.environment
 
 
 def test_gpu_models_from_the_spec_select_matching_local_cards():
     report = fake_report(fake_gpu(0, "Tesla T4"), fake_gpu(1, "NVIDIA A100-SXM4-80GB"))
     plan = plan_slots(report, gpu_models=["NVIDIA-A100-SXM4-80GB"])  # the GFD label form
     assert [s.name for s in plan.slots] == ["gpu1"]
-    with pytest.raises(CliError, match="matches none of this machine's GPUs"):
+    with pytest.raises(LocalError, match="matches none of this machine's GPUs"):
         plan_slots(report, gpu_models=["NVIDIA-H100-80GB-HBM3"])
     chosen = plan_slots(report, gpus="0", gpu_models=["NVIDIA-H100-80GB-HBM3"])
     assert [s.name for s in chosen.slots] == ["gpu0"]
@@ -90,18 +91,18 @@ def test_cpu_slots_only_when_asked_and_they_hide_every_gpu():
 
 
 def test_asking_for_gpus_and_cpu_slots_at_once_is_refused():
-    with pytest.raises(CliError, match="not both"):
+    with pytest.raises(LocalError, match="not both"):
         plan_slots(fake_report(fake_gpu(0)), gpus="0", cpu_slots=1)
-    with pytest.raises(CliError, match="at least 1"):
+    with pytest.raises(LocalError, match="at least 1"):
         plan_slots(fake_report(), cpu_slots=0)
 
 
 def test_without_a_gpu_nothing_runs_unless_cpu_slots_are_asked_for():
     report = probe_gpus()  # this machine's real answer: no NVIDIA driver
     assert not report.available
-    with pytest.raises(CliError) as caught:
+    with pytest.raises(LocalError) as caught:
         plan_slots(report)
-    assert caught.value.code == Exit.ENVIRONMENT
+    assert caught.value.environment
     assert "--slots N" in str(caught.value) and "Nothing was run" in str(caught.value)
 
 
@@ -137,3 +138,55 @@ def test_freest_first_counts_a_card_missing_from_the_new_report_as_full():
 def test_freest_first_is_a_plain_flag_that_never_swallows_the_file_name():
     args = build_parser().parse_args(["run", "--freest-first", "batch.yaml", "--free-by", "ratio"])
     assert (args.file, args.freest_first, args.free_by) == ("batch.yaml", True, "ratio")
+
+
+# NVML readings recorded on a shared workstation, replayed through the NVML stand-in: card 0
+# runs someone else's job (70 of 80 GiB used, 97 % busy), card 1 is nearly idle.
+SHARED_WORKSTATION = [
+    FakeGpu("NVIDIA A100-SXM4-80GB", "GPU-aaaa1111-0000", 80, 70, utilization=97),
+    FakeGpu("NVIDIA A100-SXM4-80GB", "GPU-bbbb2222-0000", 80, 2, utilization=3),
+]
+
+
+def _slots_of(report: GpuReport) -> list[Slot]:
+    return [Slot(f"gpu{d.label}", (d,)) for d in report.devices]
+
+
+def test_a_card_with_less_free_memory_than_asked_is_passed_over_with_the_numbers() -> None:
+    report = probe_gpus(FakeNvmlLibrary(SHARED_WORKSTATION), environ={})
+    busy, idle = _slots_of(report)
+    threshold = GpuThreshold(min_free_bytes=16 * 1024**3)
+    assert threshold.passed_over(busy, report) == "GPU 0 has 10.0 GiB free, less than 16.0 GiB"
+    assert threshold.passed_over(idle, report) is None
+
+
+def test_free_share_and_utilisation_thresholds_read_the_same_recorded_readings() -> None:
+    report = probe_gpus(FakeNvmlLibrary(SHARED_WORKSTATION), environ={})
+    busy, idle = _slots_of(report)
+    assert GpuThreshold(min_free_share=0.5).passed_over(busy, report) == (
+        "GPU 0 has 12% of its memory free, less than 50%"
+    )
+    by_load = GpuThreshold(max_utilization_percent=50)
+    assert by_load.passed_over(busy, report) == "GPU 0 is 97% busy, more than 50%"
+    assert by_load.passed_over(idle, report) is None
+
+
+def test_a_card_missing_from_a_later_reading_takes_no_task() -> None:
+    first = probe_gpus(FakeNvmlLibrary(SHARED_WORKSTATION), environ={})
+    later = probe_gpus(FakeNvmlLibrary(SHARED_WORKSTATION[1:]), environ={})
+    busy, _ = _slots_of(first)
+    why = GpuThreshold(min_free_share=0.1).passed_over(busy, later)
+    assert why == "GPU 0 (GPU-aaaa1111-0000) is not in the NVML report"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("8GiB", (8 * 1024**3, None)), ("500MiB", (500 * 1024**2, None)), ("40%", (None, 0.4))],
+)
+def test_min_free_memory_takes_a_size_or_a_share(text, expected) -> None:
+    assert parse_memory(text) == expected
+
+
+def test_a_min_free_memory_that_is_neither_is_refused_with_the_forms_accepted() -> None:
+    with pytest.raises(LocalError, match="such as 8GiB"):
+        parse_memory("lots")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gpubatch.edges.nvml import GpuDevice, freest_first, load_nvml, probe_gpus
+from gpubatch.edges.nvml import load_nvml, probe_gpus
 
 pytestmark = pytest.mark.unit
 
@@ -35,6 +35,12 @@ class FakeMemory:
 
 
 @dataclass
+class FakeUtilization:
+    gpu: int
+    memory: int
+
+
+@dataclass
 class FakeGpu:
     name: str | bytes
     uuid: str
@@ -42,6 +48,7 @@ class FakeGpu:
     used_gib: int
     broken: bool = False
     migs: list[FakeGpu] = field(default_factory=list)
+    utilization: int | None = None  # None: NVML cannot say (as for a MIG instance)
 
 
 class FakeNvmlLibrary:
@@ -90,6 +97,11 @@ class FakeNvmlLibrary:
     def nvmlDeviceGetMemoryInfo(self, handle: FakeGpu) -> FakeMemory:
         total, used = handle.total_gib * GIB, handle.used_gib * GIB
         return FakeMemory(total=total, used=used, free=total - used)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: FakeGpu) -> Any:
+        if handle.utilization is None:
+            raise FakeNvmlError(3)  # not supported
+        return FakeUtilization(gpu=handle.utilization, memory=0)
 
     def nvmlDeviceGetMigMode(self, handle: FakeGpu) -> list[int]:
         if not handle.migs:
@@ -219,27 +231,14 @@ def test_mig_instances_are_reported_instead_of_their_parent() -> None:
     assert [d.uuid for d in only.devices] == ["MIG-2222"]
 
 
-def a_device(index: int, total_gib: int, free_gib: int) -> GpuDevice:
-    return GpuDevice(
-        index=index,
-        name="gpu",
-        uuid=f"GPU-{index}",
-        memory_total_bytes=total_gib * GIB,
-        memory_used_bytes=(total_gib - free_gib) * GIB,
-        memory_free_bytes=free_gib * GIB,
-    )
-
-
-def test_freest_first_orders_by_free_bytes_or_free_ratio() -> None:
-    big_busy = a_device(0, 80, 20)  # 20 GiB free, 25 %
-    small_idle = a_device(1, 16, 15)  # 15 GiB free, 94 %
-    mid = a_device(2, 24, 20)  # 20 GiB free, 83 %
-    assert [d.index for d in freest_first([big_busy, small_idle, mid])] == [0, 2, 1]
-    assert [d.index for d in freest_first([big_busy, small_idle, mid], by="ratio")] == [1, 2, 0]
-
-
 def test_report_to_dict_is_json_ready() -> None:
     data = probe_gpus(FakeNvmlLibrary(two_gpus()), environ={}).to_dict()
     assert data["available"] is True
     assert data["devices"][0]["memoryFreeBytes"] == 20 * GIB
     assert data["devices"][1]["index"] == "1"
+
+
+def test_utilisation_is_read_where_nvml_reports_it() -> None:
+    gpus = [FakeGpu("A", "GPU-a", 80, 1, utilization=42), FakeGpu("B", "GPU-b", 80, 1)]
+    report = probe_gpus(FakeNvmlLibrary(gpus), environ={})
+    assert [d.utilization_percent for d in report.devices] == [42, None]

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gpubatch.api.names import DEFAULT_GPU_MODEL_LABEL
 from gpubatch.api.status import GPUBatchStatus
-from gpubatch.cli.batchfile import load_batch_file, prepare
+from gpubatch.cli.batchfile import BatchFile, load_batch_file, prepare
 from gpubatch.cli.errors import CliError, Exit
-from gpubatch.cli.journal import load_state, read_attempts, state_dir
-from gpubatch.cli.local import LocalRunner, RunOptions
 from gpubatch.cli.preview import listing as task_listing
 from gpubatch.cli.preview import scan_outputs, summary, task_rows
-from gpubatch.cli.progress import ProgressDisplay
-from gpubatch.cli.report import batch_report, local_report, slot_table
-from gpubatch.cli.slots import plan_slots
+from gpubatch.cli.progress import ProgressDisplay, ProgressReporter
+from gpubatch.cli.report import batch_report, local_report, runs_table, slot_table
 from gpubatch.cli.statusview import (
     all_succeeded,
     batch_state,
@@ -34,9 +32,15 @@ from gpubatch.cli.statusview import (
 from gpubatch.cli.timeline import bars_from_pods, bars_from_records, plot_timeline
 from gpubatch.cli.watch import follow
 from gpubatch.core.errors import SpecError
+from gpubatch.core.outputscan import OutputScan
 from gpubatch.core.podspec import BatchRef, render_pod
 from gpubatch.core.podview import pod_view
+from gpubatch.core.prepare import PreparedBatch
 from gpubatch.edges.nvml import GpuReport, probe_gpus
+from gpubatch.local.journal import load_state, read_attempts, state_dir
+from gpubatch.local.lock import StateLock, claim
+from gpubatch.local.runner import LocalOutcome, LocalRunner, RunOptions, scan_first
+from gpubatch.local.slots import GpuThreshold, SlotPlan, parse_memory, plan_slots
 
 
 def _err(text: str) -> None:
@@ -101,7 +105,7 @@ def expand(args: argparse.Namespace) -> int:
             print(row.to_json())
         _err(summary(batch_file.name, prepared, scan))
         return int(Exit.OK)
-    print(task_listing(rows, show_command=args.command))
+    print(task_listing(rows, show_command=args.show_command))
     if shown < total:
         print(f"... {total - shown} more task(s) not listed (--all lists every task)")
     print(summary(batch_file.name, prepared, scan))
@@ -128,8 +132,25 @@ def run(args: argparse.Namespace) -> int:
         gpu_models=spec.gpu_models,
         require_gpu=spec.worker.require_gpu,
     )
-    scan = scan_outputs(prepared)
     folder = state_dir(batch_file.name, args.state_dir)
+    # Claimed before the scan: a run still going (or its tasks) is refused, and what a killed
+    # run left half-written is removed before anything is taken for finished work.
+    lock = claim(folder)
+    try:
+        return _run_claimed(batch_file, prepared, slots, args, folder, lock)
+    finally:
+        lock.release()
+
+
+def _run_claimed(
+    batch_file: BatchFile,
+    prepared: PreparedBatch,
+    slots: SlotPlan,
+    args: argparse.Namespace,
+    folder: Path,
+    lock: StateLock,
+) -> int:
+    scan, later = scan_first(prepared)
     display = ProgressDisplay(enabled=not args.no_progress)
     runner = LocalRunner(
         batch_file.name,
@@ -140,28 +161,53 @@ def run(args: argparse.Namespace) -> int:
             state_dir=folder,
             grace_seconds=args.grace,
             freest_first=args.free_by if args.freest_first else None,
+            gpu_threshold=_gpu_threshold(args),
             verbose=args.verbose,
         ),
-        display=display,
+        display=ProgressReporter(batch_file.name, display, len(scan.complete) + len(scan.invalid)),
+        lock=lock,
+        scan_later=later,
     )
     notes = [*slots.notes, *runner.check()]
-    total = len(prepared.tasks)
-    todo = total - len(scan.done) - len(scan.invalid)
-    _err(
-        f"gpubatch run: {batch_file.name}: {total} tasks, {todo} to run, {len(scan.done)} "
-        f"already done (outputs exist)" + (f", {len(scan.invalid)} invalid" if scan.invalid else "")
-    )
+    _announce(batch_file.name, len(prepared.tasks), scan, later, slots, notes)
+    _err(f"  records and logs: {folder}/")
+    try:
+        outcome = runner.run()
+    finally:
+        display.close()
+    return _conclude(batch_file.name, outcome, runner)
+
+
+def _announce(
+    name: str, total: int, scan: OutputScan, later: range, slots: SlotPlan, notes: Sequence[str]
+) -> None:
+    """What the run is about to do, before the first task starts."""
+    todo = total - len(scan.complete) - len(scan.invalid)
+    invalid = f", {len(scan.invalid)} invalid" if scan.invalid else ""
+    if later:
+        _err(
+            f"gpubatch run: {name}: {total} tasks; of the first {total - len(later)} in dispatch "
+            f"order, {len(scan.complete)} already done (outputs exist){invalid}; the outputs of "
+            f"the other {len(later)} are checked while tasks run"
+        )
+    else:
+        _err(
+            f"gpubatch run: {name}: {total} tasks, {todo} to run, "
+            f"{len(scan.complete)} already done (outputs exist){invalid}"
+        )
     for slot in slots.slots:
         _err(f"  slot {slot.describe()}")
     for note in notes:
         _err(f"  note: {note}")
     if scan.problem:
-        _err(f"  note: {scan.problem}; each task's worker checks its own outputs")
-    _err(f"  records and logs: {folder}/")
-    outcome = runner.run()
+        _err(f"  note: {scan.problem}; each task checks its own outputs")
+
+
+def _conclude(name: str, outcome: LocalOutcome, runner: LocalRunner) -> int:
+    """The run's summary and its exit code."""
     status = outcome.status
     state = "interrupted" if outcome.interrupted else batch_state(status)
-    print(f"{batch_file.name}: {state} - {summary_line(status)}")
+    print(f"{name}: {state} - {summary_line(status)}")
     if outcome.records:
         print("\nper slot (this run):")
         print(slot_table(outcome.records, runner.slot_records(), outcome.wall_seconds))
@@ -171,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
     if status.recent_failures:
         print("\nrecent failures (newest last):")
         print(failures_table(status, limit=10))
+    if outcome.stopped_because:
+        print(f"\nstopped: a task's command cannot start ({outcome.stopped_because}); fix it")
+        return int(Exit.USAGE)
     if outcome.interrupted:
         print("\nstopped: run the same command again to continue (finished tasks are skipped)")
         return int(Exit.INTERRUPTED)
@@ -180,6 +229,15 @@ def run(args: argparse.Namespace) -> int:
             "finished tasks are skipped, failed ones run again"
         )
     return _exit_for(status)
+
+
+def _gpu_threshold(args: argparse.Namespace) -> GpuThreshold:
+    free_bytes, free_share = (
+        parse_memory(args.min_free_memory) if args.min_free_memory else (None, None)
+    )
+    if args.max_utilization is not None and not 0 <= args.max_utilization <= 100:
+        raise CliError("--max-utilization is a percentage from 0 to 100")
+    return GpuThreshold(free_bytes, free_share, args.max_utilization)
 
 
 # ----------------------------------------------------------------------------- cluster
@@ -209,9 +267,14 @@ def status(args: argparse.Namespace) -> int:
         note = ", interrupted" if state.interrupted else ""
         print(
             status_text(
-                f"local batch {state.name} (run {state.run}{note}; {folder}/)", state.status
+                f"local batch {state.name} (latest run {state.run}{note}; {folder}/)",
+                state.status,
             )
         )
+        history = read_attempts(folder)
+        if history:
+            print("runs with attempts (oldest first):")
+            print(runs_table(history))
         return _status_exit(state.status)
     from gpubatch.cli.kube import parse_status
 
@@ -253,10 +316,11 @@ def report(args: argparse.Namespace) -> int:
     if args.local:
         folder = state_dir(args.name, args.state_dir)
         state = load_state(folder)
-        records = read_attempts(folder, state.run)
+        records = read_attempts(folder)  # the batch's history, not only the latest run
         print(local_report(state, records))
         if args.plot:
-            title = f"{state.name}: local run {state.run} ({len(records)} attempts)"
+            runs = len({r.run for r in records})
+            title = f"{state.name}: {len(records)} attempts in {runs} local run(s)"
             plot_timeline(bars_from_records(records), args.plot, title)
             _err(f"timeline written to {args.plot}")
         return int(Exit.OK)

@@ -23,6 +23,7 @@ from gpubatch import __version__
 from gpubatch.cli import commands
 from gpubatch.cli.errors import CliError, Exit
 from gpubatch.core.errors import SpecError
+from gpubatch.local.errors import LocalError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "124 watch timed out; 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"gpubatch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check a batch file without running anything")
     p.add_argument("file", metavar="FILE")
@@ -56,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="list at most N tasks (default 50)")
     p.add_argument("--all", action="store_true", help="list every task")
     p.add_argument("--json", action="store_true", help="one JSON object per task (stdout)")
-    p.add_argument("--command", action="store_true", help="also show each task's command")
+    p.add_argument(
+        "--command", dest="show_command", action="store_true", help="also show each task's command"
+    )
     p.set_defaults(handler=commands.expand)
 
     p = sub.add_parser(
@@ -90,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["bytes", "ratio"],
         default="bytes",
         help="with --freest-first: free memory in bytes (default) or as a share of the total",
+    )
+    p.add_argument(
+        "--min-free-memory",
+        metavar="SIZE",
+        help="on a shared machine: a GPU takes a task only with at least this much free memory "
+        "(8GiB, 500MiB, a byte count, or a share such as 40%%), read from NVML before each "
+        "dispatch",
+    )
+    p.add_argument(
+        "--max-utilization",
+        type=int,
+        metavar="PERCENT",
+        help="on a shared machine: a GPU busier than this (NVML utilisation) takes no task",
     )
     p.add_argument(
         "--state-dir",
@@ -176,13 +192,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except CliError as err:
-        print(f"gpubatch {args.command}: {err}", file=sys.stderr)
+        print(f"gpubatch {args.subcommand}: {err}", file=sys.stderr)
         return int(err.code)
+    except LocalError as err:
+        print(f"gpubatch {args.subcommand}: {err}", file=sys.stderr)
+        return int(Exit.ENVIRONMENT if err.environment else Exit.USAGE)
     except SpecError as err:
-        print(f"gpubatch {args.command}: {err}", file=sys.stderr)
+        print(f"gpubatch {args.subcommand}: {err}", file=sys.stderr)
         return int(Exit.USAGE)
     except KeyboardInterrupt:
-        print(f"gpubatch {args.command}: interrupted", file=sys.stderr)
+        print(f"gpubatch {args.subcommand}: interrupted", file=sys.stderr)
         return int(Exit.INTERRUPTED)
     except BrokenPipeError:
         # `gpubatch expand FILE | head`: the reader has gone, which is not an error. Point

@@ -3,8 +3,8 @@ whether it would be skipped because its outputs already exist.
 
 `gpubatch expand` prints this; `gpubatch run` uses the same scan to skip finished tasks before
 starting any worker, as the operator does before creating any pod. The scan is one bulk
-existence check (`edges.storage.existing`: one listing per output folder or object prefix),
-not one stat per task, so it stays quick at 100k tasks.
+existence check (`core.outputscan` with `edges.storage.existing`: one listing per output folder
+or object prefix), not one stat per task, so it stays quick at 100k tasks.
 """
 
 from __future__ import annotations
@@ -12,54 +12,23 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 from gpubatch.api.spec import ParamValue
 from gpubatch.cli.table import format_table
-from gpubatch.core.errors import TaskSpecError
-from gpubatch.core.indexset import IndexSet
+from gpubatch.core import outputscan
+from gpubatch.core.outputscan import OutputScan, TaskState
 from gpubatch.core.prepare import PreparedBatch
 from gpubatch.edges import storage
 
-TaskState = Literal["run", "skip", "invalid"]
-
-
-@dataclass
-class OutputScan:
-    """Tasks whose outputs all exist, and tasks that cannot be rendered (with why)."""
-
-    done: IndexSet = field(default_factory=IndexSet)
-    invalid: dict[int, str] = field(default_factory=dict)
-    problem: str | None = None  # storage could not answer: nothing is known to be done
-
-    def state(self, index: int) -> TaskState:
-        if index in self.invalid:
-            return "invalid"
-        return "skip" if index in self.done else "run"
-
 
 def scan_outputs(prepared: PreparedBatch) -> OutputScan:
-    """Check every task's outputs in bulk. A batch without outputs skips nothing."""
-    scan = OutputScan()
-    if not prepared.spec.outputs:
-        return scan
-    per_task: list[tuple[int, tuple[str, ...]]] = []
-    for task in prepared.tasks:
-        try:
-            per_task.append((task.index, prepared.renderer.outputs(task)))
-        except TaskSpecError as err:
-            scan.invalid[task.index] = str(err)
+    """The shared scan (core.outputscan) against storage; when storage cannot answer, nothing is
+    skipped up front and `problem` says why (each task's worker re-checks its own outputs)."""
     try:
-        found = storage.existing(path for _, paths in per_task for path in paths)
+        return outputscan.scan_outputs(prepared, storage.existing)
     except storage.StorageError as err:
-        # Nothing is skipped up front; each task's worker checks its own outputs again.
-        scan.problem = f"could not check the outputs: {err}"
-        return scan
-    for index, paths in per_task:
-        if all(path in found for path in paths):
-            scan.done.add(index)
-    return scan
+        return OutputScan(problem=f"could not check the outputs: {err}")
 
 
 @dataclass(frozen=True)
@@ -117,7 +86,7 @@ def listing(rows: Iterable[TaskRow], *, show_command: bool) -> str:
 
 def summary(name: str, prepared: PreparedBatch, scan: OutputScan) -> str:
     total = len(prepared.tasks)
-    skip, invalid = len(scan.done), len(scan.invalid)
+    skip, invalid = len(scan.complete), len(scan.invalid)
     order = prepared.spec.order
     how = "index" if order.by == "index" else f"longest first by {order.cost_param}"
     params = ", ".join(prepared.tasks.param_names) or "none"

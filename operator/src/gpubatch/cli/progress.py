@@ -131,3 +131,26 @@ class ProgressDisplay:
         self._stream.write("\r" + text + " " * pad + ("\r" + text if pad else ""))
         self._stream.flush()
         self._shown = text
+
+
+class ProgressReporter:
+    """The local runner's `Reporter`: the progress line with rate and ETA, and its messages.
+
+    The rate counts only tasks finished during this run (`finished_before` were done already),
+    so a re-run that skips most of a batch does not report an absurd speed.
+    """
+
+    def __init__(self, name: str, display: ProgressDisplay, finished_before: int = 0) -> None:
+        self._name = name
+        self._display = display
+        self._finished_before = finished_before
+        self._rate = RateTracker()
+
+    def message(self, text: str) -> None:
+        self._display.message(text)
+
+    def progress(self, counts: TaskCounts, *, force: bool = False) -> None:
+        self._rate.observe(time.monotonic(), counts.finished() - self._finished_before)
+        remaining = counts.total - counts.finished()
+        line = progress_line(self._name, counts, self._rate.rate(), self._rate.eta(remaining))
+        self._display.update(line, force=force)

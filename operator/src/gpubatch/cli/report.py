@@ -10,11 +10,12 @@ time, mean, utilisation) and the speed-up of the whole run over a single slot.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from gpubatch.api.status import GPUBatchStatus
-from gpubatch.cli.journal import AttemptRecord, LocalState, SlotRecord
 from gpubatch.cli.statusview import failures_table, model_table, summary_line
 from gpubatch.cli.table import format_duration, format_table
+from gpubatch.local.journal import AttemptRecord, LocalState, SlotRecord
 
 SLOT_HEADERS = ["slot", "device", "tasks", "failed", "busy", "mean", "utilisation"]
 
@@ -37,7 +38,7 @@ def slot_table(
     for slot in slots:
         mine = [r for r in records if r.slot == slot.name]
         ok = [r for r in mine if r.outcome == "succeeded"]
-        busy = sum(r.end - r.start for r in mine)
+        busy = sum(_busy(r) for r in mine)
         total_busy += busy
         durations = [r.result.duration_seconds for r in ok if r.result is not None]
         mean = sum(durations) / len(durations) if durations else None
@@ -62,6 +63,41 @@ def slot_table(
     return table
 
 
+def _busy(record: AttemptRecord) -> float:
+    """The attempt's own time (from its result), not the runner's bookkeeping around it."""
+    return (
+        record.result.duration_seconds if record.result is not None else record.end - record.start
+    )
+
+
+RUN_HEADERS = ["run", "started", "attempts", "succeeded", "skipped", "failed", "stopped", "wall"]
+
+
+def runs_table(records: Sequence[AttemptRecord]) -> str:
+    """One row per run of the batch (oldest first): what each run did. A run that found every
+    task done has no attempts and no row; the status says it skipped them."""
+    by_run: dict[str, list[AttemptRecord]] = {}
+    for record in records:
+        by_run.setdefault(record.run, []).append(record)
+    rows = []
+    for run, mine in sorted(by_run.items(), key=lambda item: min(r.start for r in item[1])):
+        outcomes = [r.outcome for r in mine]
+        started = datetime.fromtimestamp(min(r.start for r in mine), UTC)
+        rows.append(
+            [
+                run,
+                started.strftime("%Y-%m-%d %H:%M:%S"),
+                len(mine),
+                outcomes.count("succeeded"),
+                outcomes.count("skipped"),
+                outcomes.count("failed"),
+                outcomes.count("stopped"),
+                format_duration(wall_seconds(mine)),
+            ]
+        )
+    return format_table(RUN_HEADERS, rows)
+
+
 def batch_report(title: str, status: GPUBatchStatus, *, failures: int = 20) -> str:
     """The per-GPU-model table and the recent failures, as `report` prints them."""
     parts = [
@@ -81,11 +117,15 @@ def batch_report(title: str, status: GPUBatchStatus, *, failures: int = 20) -> s
 
 
 def local_report(state: LocalState, records: Sequence[AttemptRecord]) -> str:
-    """`report --local`: the batch report plus the per-slot table of the last run."""
+    """`report --local`: the latest run's batch report, then the batch's history: every run
+    recorded in the state folder, and the per-slot table over all of them (a re-run that only
+    skips finished tasks must not hide the work the earlier runs did)."""
     note = " (interrupted)" if state.interrupted else ""
-    text = batch_report(f"local run {state.run} of batch {state.name}{note}", state.status)
+    text = batch_report(f"latest local run {state.run} of batch {state.name}{note}", state.status)
     if records:
-        text += "\n\nper slot (this run):\n" + _indent(slot_table(records, state.slots))
+        runs = len({r.run for r in records})
+        text += f"\n\nruns with attempts ({runs}, oldest first):\n" + _indent(runs_table(records))
+        text += f"\n\nper slot (all {runs} run(s)):\n" + _indent(slot_table(records, state.slots))
     return text
 
 

@@ -24,8 +24,8 @@ from typing import Final
 
 from gpubatch.api.result import Outcome, TaskResult
 from gpubatch.cli.errors import CliError, Exit
-from gpubatch.cli.journal import AttemptRecord
 from gpubatch.core.podview import PodView
+from gpubatch.local.journal import AttemptRecord
 
 COLOURS: Final = {
     "succeeded": "#2e7d32",

@@ -9,6 +9,7 @@ Modules, one concept each. The batch API (what a spec means):
 - `order`: dispatch order (index, or longest first)
 - `histogram`, `gpustats`: bounded per-GPU-model run-time statistics
 - `prepare`: raw spec -> PreparedBatch, everything above in one call
+- `outputscan`: which tasks are done (outputs exist), with the existence check passed in
 
 Planning (what the operator does about it): `planner`, `podview`, `outcome`, `conditions`,
 `podspec`; and `partial` for the worker. Each module's docstring says why it exists.

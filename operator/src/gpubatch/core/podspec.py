@@ -30,8 +30,7 @@ from gpubatch.api.names import (
     LABEL_TASK_INDEX,
 )
 from gpubatch.api.spec import GPUBatchSpec
-from gpubatch.api.taskenv import TaskEnvironment
-from gpubatch.core.partial import partial_paths
+from gpubatch.core.invocation import task_invocation
 from gpubatch.core.taskrender import RenderedTask
 
 WORKER_COMMAND: Final = ("gpubatch-worker", "--")
@@ -89,24 +88,12 @@ def render_pod(
     position = spec.task_container_index()
 
     # The task container: rendered argv/env, the worker prefix, the task env, the GPU limit.
+    invocation = task_invocation(batch.name, spec, task, attempt)
     container = task.apply(pod_spec["containers"][position])
-    argv = [*(container.get("command") or []), *(container.get("args") or [])]
     if spec.worker.wrap:  # TaskRenderer refused a wrapped container without a command
-        container["command"] = [*WORKER_COMMAND, *argv]
+        container["command"] = [*WORKER_COMMAND, *invocation.argv]
         container.pop("args", None)
-    environment = TaskEnvironment(
-        batch=batch.name,
-        task_index=task.index,
-        attempt=attempt,
-        params=task.params,
-        outputs=task.outputs,
-        partial_outputs=partial_paths(task.outputs) if spec.worker.atomic_outputs else (),
-        atomic_outputs=spec.worker.atomic_outputs,
-        require_gpu=spec.worker.require_gpu,
-        deadline_seconds=spec.task_deadline_seconds,
-        shell=spec.worker.shell,
-    )
-    ours = environment.to_env()
+    ours = invocation.task.to_env()
     names = {entry["name"] for entry in ours}
     container["env"] = [e for e in container.get("env") or [] if e.get("name") not in names] + ours
     resources = container.setdefault("resources", {})

@@ -19,6 +19,7 @@ from gpubatch.api.spec import GPUBatchSpec
 from gpubatch.core.errors import SpecError, spec_error_from_validation
 from gpubatch.core.expand import FileLister, ManifestReader, TaskList, expand
 from gpubatch.core.order import check_order, dispatch_order
+from gpubatch.core.planner import DispatchOrder
 from gpubatch.core.taskrender import RenderedTask, TaskRenderer
 
 
@@ -44,6 +45,13 @@ class PreparedBatch:
         if not self._order:
             self._order.append(dispatch_order(self.spec.order, self.tasks))
         return self._order[0]
+
+    def dispatch_order(self) -> DispatchOrder:
+        """The order as the planner walks it (both executors build it here, nowhere else)."""
+        permutation = self.order()
+        return DispatchOrder(
+            len(self.tasks), None if isinstance(permutation, range) else permutation
+        )
 
     def render(self, index: int) -> RenderedTask:
         """Outputs, command, args and env values of task `index`."""

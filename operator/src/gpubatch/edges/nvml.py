@@ -20,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from gpubatch.api.result import GpuIdentity
 
@@ -46,6 +46,7 @@ class GpuDevice:
     memory_used_bytes: int
     memory_free_bytes: int
     mig_index: int | None = None
+    utilization_percent: int | None = None  # GPU busy share over NVML's last sample; None: n/a
 
     @property
     def free_ratio(self) -> float:
@@ -108,6 +109,7 @@ class GpuReport:
                     "memoryTotalBytes": d.memory_total_bytes,
                     "memoryUsedBytes": d.memory_used_bytes,
                     "memoryFreeBytes": d.memory_free_bytes,
+                    "utilizationPercent": d.utilization_percent,
                 }
                 for d in self.devices
             ],
@@ -149,15 +151,6 @@ def probe_gpus(
     finally:
         with contextlib.suppress(error_type):
             module.nvmlShutdown()
-
-
-def freest_first(
-    devices: Sequence[GpuDevice], by: Literal["bytes", "ratio"] = "bytes"
-) -> list[GpuDevice]:
-    """Devices ordered by free memory, most first (user E's helper; ties keep NVML order)."""
-    if by == "bytes":
-        return sorted(devices, key=lambda d: -d.memory_free_bytes)
-    return sorted(devices, key=lambda d: -d.free_ratio)
 
 
 def _probe_initialised(
@@ -229,7 +222,16 @@ def _device(nvml: Any, handle: Any, index: int, mig_index: int | None) -> GpuDev
         memory_used_bytes=int(memory.used),
         memory_free_bytes=int(memory.free),
         mig_index=mig_index,
+        utilization_percent=_utilization(nvml, handle),
     )
+
+
+def _utilization(nvml: Any, handle: Any) -> int | None:
+    """The GPU's busy percentage, or None where NVML cannot say (MIG instances, old drivers)."""
+    try:
+        return int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    except Exception:  # any NVML error or a missing function: utilisation is optional
+        return None
 
 
 def _filter_visible(devices: list[GpuDevice], visible: str) -> tuple[list[GpuDevice], str]:

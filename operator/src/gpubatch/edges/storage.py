@@ -50,8 +50,9 @@ class StorageUnavailable(StorageError):
     """The package needed for a URL's protocol is not installed."""
 
 
-def is_url(path: str) -> bool:
-    """Whether `path` needs fsspec (a URL other than file://)."""
+def needs_fsspec(path: str) -> bool:
+    """Whether `path` is a URL that fsspec must open (any scheme but file://, which is a local
+    path here; `api.spec.is_url` answers the other question: is it anchored, not relative)."""
     return bool(_URL.match(path)) and not path.startswith("file://")
 
 
@@ -65,7 +66,7 @@ def existing(paths: Iterable[str]) -> set[str]:
     local: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     remote: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for path in paths:
-        target = remote if is_url(path) else local
+        target = remote if needs_fsspec(path) else local
         parent, name = _split(path if target is remote else _local(path))
         target[parent][name].append(path)
     found: set[str] = set()
@@ -84,24 +85,17 @@ def all_exist(paths: Sequence[str]) -> bool:
     return len(existing(paths)) == len(set(paths))
 
 
-def exists(path: str) -> bool:
-    return bool(existing([path]))
-
-
-def glob(pattern: str) -> list[str]:
-    """Sorted files (not folders) matching a glob pattern; URLs come back as full URLs.
+def glob_files(pattern: str) -> list[FileInfo]:
+    """Sorted files (not folders) matching a glob pattern, each with its size (longest-first
+    ordering by input size needs it, for local files and URLs alike); URLs come back as full
+    URLs.
 
     `**` recurses. Hidden names (like atomic mode's partial outputs) do not match `*`, as in a
     shell, so a half-written output of one batch is never the input of the next.
     """
-    return [info.path for info in glob_files(pattern)]
-
-
-def glob_files(pattern: str) -> list[FileInfo]:
-    """Like `glob`, with each file's size (for longest-first ordering by input size)."""
     from gpubatch.core.expand import FileInfo
 
-    if not is_url(pattern):
+    if not needs_fsspec(pattern):
         files = []
         for match in globlib.glob(_local(pattern), recursive=True):
             try:
@@ -132,7 +126,7 @@ def read_lines(path: str) -> Iterator[str]:
     is never held in memory at once.
     """
     try:
-        if is_url(path):
+        if needs_fsspec(path):
             import fsspec
 
             _url_to_fs(path)  # a clear StorageUnavailable before fsspec's own error
@@ -157,9 +151,9 @@ def promote(partial: str, final: str) -> None:
     whole, since an object PUT/copy is atomic. A final directory that already exists is
     replaced.
     """
-    if is_url(partial) != is_url(final):
+    if needs_fsspec(partial) != needs_fsspec(final):
         raise StorageError(f"cannot move {partial} to {final}: one is a URL, the other is not")
-    if is_url(final):
+    if needs_fsspec(final):
         fs, source = _url_to_fs(partial)
         _, target = _url_to_fs(final)
         try:
@@ -181,7 +175,7 @@ def remove(paths: Iterable[str]) -> None:
     """Delete files or directories, ignoring those already gone (cleans stale partials)."""
     for path in paths:
         try:
-            if is_url(path):
+            if needs_fsspec(path):
                 fs, fs_path = _url_to_fs(path)
                 fs.rm(fs_path, recursive=True)
             else:
@@ -204,7 +198,7 @@ def ensure_parent_dirs(paths: Iterable[str]) -> list[str]:
     """
     problems = []
     for path in paths:
-        if is_url(path):
+        if needs_fsspec(path):
             continue
         parent = os.path.dirname(_local(path).rstrip("/"))
         if parent:
@@ -216,13 +210,8 @@ def ensure_parent_dirs(paths: Iterable[str]) -> list[str]:
 
 
 class Storage:
-    """The functions above as an object, for code written against a storage Protocol."""
-
-    def existing(self, paths: Iterable[str]) -> set[str]:
-        return existing(paths)
-
-    def exists(self, path: str) -> bool:
-        return exists(path)
+    """Storage as task expansion reads it (core.expand's FileLister and ManifestReader): the
+    one adapter both executors pass to `core.prepare.prepare_batch`."""
 
     def glob(self, pattern: str) -> list[FileInfo]:
         """core.expand.FileLister: files with sizes."""

@@ -38,7 +38,9 @@ from gpubatch.api.taskenv import TaskEnvironment
 from gpubatch.edges import storage
 from gpubatch.edges.nvml import GpuReport, probe_gpus
 from gpubatch.worker.run import (
+    UNTIED,
     CommandOutcome,
+    Lifetime,
     OutputSink,
     StopRequest,
     build_command,
@@ -58,6 +60,7 @@ def run_task(
     cwd: str | None = None,
     stdout: OutputSink = None,
     stderr: OutputSink = None,
+    lifetime: Lifetime = UNTIED,
 ) -> TaskResult:
     """Run one task attempt and describe how it ended. Never raises for a task's failure.
 
@@ -140,6 +143,7 @@ def run_task(
             stop=stop,
             stdout=stdout,
             stderr=stderr,
+            lifetime=lifetime,
         )
     except OSError as err:
         not_found = isinstance(err, FileNotFoundError)

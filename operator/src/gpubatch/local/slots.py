@@ -23,10 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from gpubatch.cli.errors import CliError, Exit
 from gpubatch.edges.nvml import CUDA_VISIBLE_DEVICES, GpuDevice, GpuReport
+from gpubatch.local.errors import LocalError
 
 CPU_MODEL: Final = "CPU (no GPU)"
+_GIB: Final = 1024**3
 FreeBy = Literal["bytes", "ratio"]
 
 
@@ -78,12 +79,12 @@ def plan_slots(
     gpu_models: Sequence[str] | None = None,
     require_gpu: bool = True,
 ) -> SlotPlan:
-    """The slots to run on; CliError when there are none, with what to do instead."""
+    """The slots to run on; LocalError when there are none, with what to do instead."""
     if gpus is not None and cpu_slots is not None:
-        raise CliError("choose GPUs (--gpus) or CPU slots (--slots), not both")
+        raise LocalError("choose GPUs (--gpus) or CPU slots (--slots), not both")
     if cpu_slots is not None:
         if cpu_slots < 1:
-            raise CliError("--slots needs a number of CPU workers of at least 1")
+            raise LocalError("--slots needs a number of CPU workers of at least 1")
         note = (
             f"{cpu_slots} CPU slot(s) as asked (--slots): tasks run WITHOUT a GPU "
             "(CUDA_VISIBLE_DEVICES='')"
@@ -91,10 +92,10 @@ def plan_slots(
         )
         return SlotPlan(tuple(Slot(f"cpu{i}") for i in range(cpu_slots)), (note,))
     if not report.available:
-        raise CliError(
+        raise LocalError(
             f"{report.summary()}.\nNothing was run. To run this batch on the CPU, ask for CPU "
             "workers explicitly: gpubatch run FILE --slots N (tasks then run without a GPU)",
-            Exit.ENVIRONMENT,
+            environment=True,
         )
     notes: list[str] = []
     if gpus is not None:
@@ -107,16 +108,16 @@ def plan_slots(
             chosen = [d for d in chosen if _model_matches(d.name, gpu_models)]
             if not chosen:
                 found = ", ".join(sorted({d.name for d in report.devices}))
-                raise CliError(
+                raise LocalError(
                     f"spec.gpuModels ({', '.join(gpu_models)}) matches none of this machine's "
                     f"GPUs ({found}); pick GPUs yourself with --gpus",
-                    Exit.ENVIRONMENT,
+                    environment=True,
                 )
     if len(chosen) < gpus_per_task:
-        raise CliError(
+        raise LocalError(
             f"each task needs {gpus_per_task} GPUs (spec.gpusPerTask) but only {len(chosen)} "
             "are available to this run",
-            Exit.ENVIRONMENT,
+            environment=True,
         )
     groups = [
         tuple(chosen[i : i + gpus_per_task])
@@ -153,10 +154,81 @@ def freest(idle: Sequence[Slot], report: GpuReport, by: FreeBy = "bytes") -> Slo
     return best
 
 
+@dataclass(frozen=True)
+class GpuThreshold:
+    """When a GPU slot may take a task on a shared machine (task-spooler's GPU mode, nvitop's
+    selector): enough free memory (bytes, and/or a share of the card) and, optionally, not too
+    busy. Someone else's process on a card is visible only this way: to NVML, not to us."""
+
+    min_free_bytes: int | None = None
+    min_free_share: float | None = None
+    max_utilization_percent: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.min_free_bytes, self.min_free_share, self.max_utilization_percent)
+        )
+
+    def passed_over(self, slot: Slot, report: GpuReport) -> str | None:
+        """Why `slot` may not take a task now according to `report`, or None when it may.
+
+        Every GPU of a multi-GPU slot must pass; a GPU missing from the report cannot.
+        """
+        fresh = {d.uuid: d for d in report.devices}
+        for device in slot.devices:
+            now = fresh.get(device.uuid)
+            if now is None:
+                return f"GPU {device.label} ({device.uuid}) is not in the NVML report"
+            why = self._refuses(now)
+            if why:
+                return f"GPU {device.label} {why}"
+        return None
+
+    def _refuses(self, device: GpuDevice) -> str | None:
+        free_gib = device.memory_free_bytes / _GIB
+        if self.min_free_bytes is not None and device.memory_free_bytes < self.min_free_bytes:
+            return f"has {free_gib:.1f} GiB free, less than {self.min_free_bytes / _GIB:.1f} GiB"
+        if self.min_free_share is not None and device.free_ratio < self.min_free_share:
+            return (
+                f"has {device.free_ratio:.0%} of its memory free, less than "
+                f"{self.min_free_share:.0%}"
+            )
+        limit = self.max_utilization_percent
+        used = device.utilization_percent
+        if limit is not None and used is not None and used > limit:
+            return f"is {used}% busy, more than {limit}%"
+        return None
+
+
+def parse_memory(text: str) -> tuple[int | None, float | None]:
+    """`--min-free-memory`: a size (8GiB, 500MiB, 12000000000) or a share of the card (40%).
+
+    Returns (bytes, share); LocalError says what is accepted.
+    """
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            share = float(value[:-1]) / 100
+            if not 0 < share <= 1:
+                raise ValueError
+            return None, share
+        for suffix, factor in (("GiB", _GIB), ("MiB", 1024**2), ("GB", 10**9), ("MB", 10**6)):
+            if value.endswith(suffix):
+                return int(float(value[: -len(suffix)]) * factor), None
+        return int(value), None
+    except ValueError:
+        raise LocalError(
+            f"--min-free-memory {text!r}: give a size such as 8GiB, 500MiB or a byte count, or "
+            "a share of the card such as 40%"
+        ) from None
+
+
 def _select(devices: Sequence[GpuDevice], wanted: str) -> list[GpuDevice]:
     entries = [e.strip() for e in wanted.split(",") if e.strip()]
     if not entries:
-        raise CliError("--gpus needs a list such as 0,2 (NVML indexes or GPU UUIDs)")
+        raise LocalError("--gpus needs a list such as 0,2 (NVML indexes or GPU UUIDs)")
     chosen: list[GpuDevice] = []
     for entry in entries:
         matches = [d for d in devices if d.label == entry or d.uuid == entry]
@@ -164,7 +236,7 @@ def _select(devices: Sequence[GpuDevice], wanted: str) -> list[GpuDevice]:
             matches = [d for d in devices if d.uuid.startswith(entry)]
         if len(matches) != 1:
             known = ", ".join(f"{d.label} ({d.uuid})" for d in devices)
-            raise CliError(f"--gpus {entry!r} matches no single GPU here; the GPUs are: {known}")
+            raise LocalError(f"--gpus {entry!r} matches no single GPU here; the GPUs are: {known}")
         if matches[0] not in chosen:
             chosen.append(matches[0])
     return chosen

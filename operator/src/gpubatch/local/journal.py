@@ -10,8 +10,13 @@ current directory):
     attempts.jsonl   one line per finished attempt: which slot, start and end times, the
                      worker's result; appended, never rewritten, so a crash loses at most the
                      attempts still running. It feeds the per-GPU summary and the timeline.
-    logs/            one file per attempt with the worker's and the command's output
-    slot-<name>.result   where each slot's worker writes its result record (overwritten)
+    logs/            one file per attempt with the command's output, named after the task, the
+                     attempt and the run (a later run never overwrites an earlier run's log)
+    inflight.jsonl   a line as each attempt starts (with the outputs it may leave half-written)
+                     and one as it ends; a run killed with `kill -9` cannot clean up after its
+                     attempts, so the next run removes what the unfinished ones created before
+                     it scans for finished work
+    run.lock         held while a run, or any task it started, is alive (see `local.lock`)
 
 Skipping finished work does not depend on this folder: a re-run skips tasks whose outputs
 exist, wherever it is started from. Deleting the folder only forgets history.
@@ -19,6 +24,7 @@ exist, wherever it is started from. Deleting the folder only forgets history.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from datetime import datetime
@@ -30,11 +36,12 @@ from pydantic.alias_generators import to_camel
 
 from gpubatch.api.result import Outcome, TaskResult
 from gpubatch.api.status import GPUBatchStatus
-from gpubatch.cli.errors import CliError, Exit
+from gpubatch.local.errors import LocalError
 
 STATE_ROOT: Final = ".gpubatch"
 STATUS_FILE: Final = "status.json"
 ATTEMPTS_FILE: Final = "attempts.jsonl"
+INFLIGHT_FILE: Final = "inflight.jsonl"
 
 
 class _Record(BaseModel):
@@ -89,22 +96,41 @@ def state_dir(name: str, override: str | None = None) -> Path:
 
 
 class Journal:
-    """Writes one run's records into a batch's state folder."""
+    """Writes one run's records into a batch's state folder.
+
+    The record files stay open for the run and are written once per planner pass (`flush`, no
+    fsync): a killed runner loses nothing that was flushed, and a task costs no open, close or
+    write of its own. A start record is always flushed before its attempt starts.
+    """
 
     def __init__(self, folder: Path, run: str) -> None:
         self.folder = folder
         self.run = run
         (folder / "logs").mkdir(parents=True, exist_ok=True)
+        self._attempts = open(folder / ATTEMPTS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        self._inflight = open(folder / INFLIGHT_FILE, "w", encoding="utf-8")  # noqa: SIM115
 
     def log_path(self, index: int, attempt: int) -> Path:
-        return self.folder / "logs" / f"task-{index}.attempt-{attempt}.log"
+        return self.folder / "logs" / f"task-{index}.attempt-{attempt}.{self.run}.log"
 
-    def result_path(self, slot: str) -> Path:
-        return self.folder / f"slot-{slot}.result"
+    def started(self, index: int, attempt: int, remove_if_unfinished: list[str]) -> None:
+        """Before an attempt starts: what to remove if this run dies before it ends."""
+        line = {"index": index, "attempt": attempt, "remove": remove_if_unfinished}
+        self._inflight.write(json.dumps(line) + "\n")
 
     def append(self, record: AttemptRecord) -> None:
-        with open(self.folder / ATTEMPTS_FILE, "a", encoding="utf-8") as handle:
-            handle.write(record.model_dump_json(exclude_none=True) + "\n")
+        self._attempts.write(record.model_dump_json(exclude_none=True) + "\n")
+        self._inflight.write(json.dumps({"ended": [record.index, record.attempt]}) + "\n")
+
+    def flush(self) -> None:
+        """Hand what was written to the kernel (one write per file): the runner calls it before
+        starting the attempts it recorded, and after judging the attempts that ended."""
+        self._attempts.flush()
+        self._inflight.flush()
+
+    def close(self) -> None:
+        self._attempts.close()
+        self._inflight.close()
 
     def save(self, state: LocalState) -> None:
         """Replace status.json atomically, so a reader never sees half a file."""
@@ -115,19 +141,42 @@ class Journal:
         os.replace(tmp, self.folder / STATUS_FILE)
 
 
+def unfinished_leftovers(folder: Path) -> list[str]:
+    """What the attempts that a killed earlier run left unfinished may have half-written.
+
+    Read under the state lock, before this run's Journal truncates the file. A torn last line
+    (the runner died writing it) is ignored.
+    """
+    pending: dict[tuple[int, int], list[str]] = {}
+    try:
+        with open(folder / INFLIGHT_FILE, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if "ended" in entry:
+                    pending.pop((entry["ended"][0], entry["ended"][1]), None)
+                else:
+                    pending[(entry["index"], entry["attempt"])] = list(entry["remove"])
+    except FileNotFoundError:
+        return []
+    return [path for paths in pending.values() for path in paths]
+
+
 def load_state(folder: Path) -> LocalState:
-    """The last saved status of a local run; CliError (exit 3) when there is none."""
+    """The last saved status of a local run; LocalError (environment) when there is none."""
     path = folder / STATUS_FILE
     try:
         return LocalState.model_validate_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CliError(
+        raise LocalError(
             f"no local run recorded in {folder}/ (run the batch with `gpubatch run FILE` from "
             "this directory, or point --state-dir at its folder)",
-            Exit.ENVIRONMENT,
+            environment=True,
         ) from None
     except (OSError, ValidationError, ValueError) as err:
-        raise CliError(f"cannot read {path}: {err}", Exit.ENVIRONMENT) from None
+        raise LocalError(f"cannot read {path}: {err}", environment=True) from None
 
 
 def read_attempts(folder: Path, run: str | None = None) -> list[AttemptRecord]:
