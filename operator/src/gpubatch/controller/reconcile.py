@@ -20,10 +20,9 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from gpubatch.api.names import ANNOTATION_STOP_REASON, FINALIZER_TRACKING, LABEL_BATCH_UID
-from gpubatch.api.status import ConditionType, GPUBatchStatus, Reason
+from gpubatch.api.status import GPUBatchStatus
 from gpubatch.controller.metrics import Metrics
 from gpubatch.controller.taskload import LoadedTasks, ScanResult, load_tasks, scan_outputs
-from gpubatch.core.conditions import set_condition
 from gpubatch.core.errors import SpecError, TaskSpecError
 from gpubatch.core.indexset import IndexSet
 from gpubatch.core.planner import (
@@ -34,7 +33,7 @@ from gpubatch.core.planner import (
     Plan,
     TaskAttempt,
     plan,
-    ttl_expired,
+    plan_invalid_spec,
 )
 from gpubatch.core.podspec import BatchRef, render_pod
 from gpubatch.core.podview import PodView
@@ -217,9 +216,7 @@ class Reconciler:
             decided.wake_in = min(decided.wake_in or IN_FLIGHT_TTL, IN_FLIGHT_TTL)
         if decided.wake_in is not None:
             runtime.wake_later(decided.wake_in + 0.05)
-        if decided.finished and ttl_expired(
-            decided.status, loaded.spec.ttl_seconds_after_finished, observation.now
-        ):
+        if decided.delete_batch:
             await self.client.delete_batch(runtime.ref.namespace, runtime.ref.name)
         self.metrics.observe_status(runtime.ref, decided.status)
         return decided
@@ -228,18 +225,12 @@ class Reconciler:
         self, runtime: BatchRuntime, generation: int, message: str, post_event: PostEvent
     ) -> None:
         """A spec that does not even parse: Failed/InvalidSpec and an Event, nothing else."""
-        status = runtime.status or GPUBatchStatus()
-        new = status.model_copy(deep=True)
-        now = datetime.now(UTC)
-        invalid = Reason.INVALID_SPEC
-        changed = set_condition(
-            new, ConditionType.FAILED, "True", invalid, message, now, generation
+        decided = plan_invalid_spec(
+            runtime.status or GPUBatchStatus(), generation, message, datetime.now(UTC)
         )
-        set_condition(new, ConditionType.PROGRESSING, "False", invalid, message, now, generation)
-        new.observed_generation = generation
-        await self._write_status(runtime, new)
-        if changed:
-            post_event(Event("Warning", invalid, message[:1024]))
+        await self._write_status(runtime, decided.status)
+        for event in decided.events:
+            post_event(event)
 
     # --------------------------------------------------------------------------- apply
     async def apply(
