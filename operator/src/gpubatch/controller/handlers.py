@@ -21,9 +21,9 @@ import kopf
 
 from gpubatch.api.names import FINALIZER_TRACKING, GROUP, LABEL_BATCH_UID, PLURAL, VERSION
 from gpubatch.controller.metrics import Metrics
-from gpubatch.controller.reconcile import BatchRuntime, Reconciler, pod_selector
+from gpubatch.controller.reconcile import BatchRuntime, Reconciler
 from gpubatch.core.planner import Event, Limits
-from gpubatch.core.podspec import BatchRef
+from gpubatch.core.podspec import BatchRef, task_selector
 from gpubatch.core.podview import PodView, pod_view
 from gpubatch.edges.kube import ApiEndpoint, KubeClient
 
@@ -186,8 +186,7 @@ async def wake_on_batch_change(uid: str, body: kopf.Body, memo: Any, **_: Any) -
     runtime = _operator(memo).runtimes.get(uid)
     if runtime is None:
         return
-    generation = (body.get("metadata") or {}).get("generation")
-    if runtime.loaded is None or runtime.loaded.generation != generation:
+    if runtime.needs_pass_for((body.get("metadata") or {}).get("generation")):
         runtime.wake()
 
 
@@ -210,25 +209,39 @@ async def reconcile(
         uid, BatchRuntime(ref=BatchRef(name, namespace or "default", uid))
     )
 
-    def pods() -> Iterable[PodView]:
-        return list(task_pods.get(uid, []))
-
-    def labels_of(node: str) -> dict[str, str]:
-        for labels in node_labels.get(node, []):
-            return labels
-        return {}
-
-    def post(event: Event) -> None:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-
     try:
-        await reconciler.run(runtime, body, pods, labels_of, post, lambda: stopped.is_set())
+        await reconciler.run(runtime, KopfBatch(uid, body, task_pods, node_labels, stopped))
     finally:
-        if runtime.timer is not None:
-            runtime.timer.cancel()
+        runtime.wakeup.cancel()
         if body.metadata.get("deletionTimestamp"):
             operator.runtimes.pop(uid, None)
             operator.metrics.forget(runtime.ref)
+
+
+@dataclass(frozen=True)
+class KopfBatch:
+    """One batch as kopf shows it: its live body, its pods in the pod index, node labels from
+    the node index; its Events go through kopf's poster."""
+
+    uid: str
+    body: kopf.Body
+    task_pods: kopf.Index[str, PodView]
+    node_index: kopf.Index[str, dict[str, str]]
+    stop_flag: kopf.DaemonStopped
+
+    def pods(self) -> Iterable[PodView]:
+        return list(self.task_pods.get(self.uid, []))
+
+    def node_labels(self, node: str) -> dict[str, str]:
+        for labels in self.node_index.get(node, []):
+            return labels
+        return {}
+
+    def post(self, event: Event) -> None:
+        kopf.event(self.body, type=event.type, reason=event.reason, message=event.message)
+
+    def stopped(self) -> bool:
+        return self.stop_flag.is_set()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="release_pods")
@@ -237,7 +250,7 @@ async def release_pods(namespace: str | None, uid: str, memo: Any, **_: Any) -> 
     operator = _operator(memo)
     client = operator.connection.client
     namespace = namespace or "default"
-    for pod in await client.list_pods(namespace, pod_selector(uid)):
+    for pod in await client.list_pods(namespace, task_selector(uid)):
         meta = pod["metadata"]
         if FINALIZER_TRACKING in (meta.get("finalizers") or []):
             await client.remove_pod_finalizer(namespace, meta["name"], FINALIZER_TRACKING)
