@@ -59,8 +59,8 @@ lint: venv lock-check ## lock in step with pyproject, ruff, mypy --strict, impor
 	$(VENV)/bin/lint-imports
 
 .PHONY: unit
-unit: venv ## fast tests of pure logic
-	$(PYTEST) -m unit -q
+unit: venv ## fast tests without a control plane: pure logic and the reconcile against a fake client
+	$(PYTEST) -m "unit or fakeclient" -q
 
 .PHONY: integration
 integration: venv testbin ## tests against the real control plane test bed
@@ -68,7 +68,7 @@ integration: venv testbin ## tests against the real control plane test bed
 
 .PHONY: test
 test: venv testbin lint ## everything CI runs: lint, unit, integration and benchmark-smoke tests
-	$(PYTEST) -m "unit or integration or bench" -q
+	$(PYTEST) -m "unit or fakeclient or integration or bench" -q
 
 # --- benchmarks and chaos (results: tests/bench/results/, quoted in BENCHMARKS.md) ----------
 .PHONY: bench

@@ -12,20 +12,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from builders import (
-    NOW,
-    a_result,
-    a_retry,
-    a_spec,
-    a_status,
-    ago,
-    an_observation,
-    failed,
-    later,
-    running,
-    succeeded,
-    unscheduled,
-)
 
 from gpubatch.api.result import Outcome, Reason
 from gpubatch.api.status import (
@@ -49,6 +35,20 @@ from gpubatch.core.planner import (
     plan_invalid_spec,
 )
 from gpubatch.core.podview import PodView
+from support.builders import (
+    NOW,
+    a_result,
+    a_retry,
+    a_spec,
+    a_status,
+    ago,
+    an_observation,
+    failed,
+    later,
+    running,
+    succeeded,
+    unscheduled,
+)
 
 pytestmark = pytest.mark.unit
 
