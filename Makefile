@@ -59,8 +59,20 @@ lint: venv lock-check ## lock in step with pyproject, ruff, mypy --strict, impor
 	$(VENV)/bin/lint-imports
 
 .PHONY: unit
-unit: venv ## fast tests without a control plane: pure logic and the reconcile against a fake client
-	$(PYTEST) -m "unit or fakeclient" -q
+unit: venv ## every test without a control plane: the pure, process and fake-client tiers
+	$(PYTEST) -m "unit or process or fakeclient" -q
+
+.PHONY: pure
+pure: venv ## pure tests only (no subprocess, no server): the quickest check
+	$(PYTEST) -m unit -q
+
+.PHONY: process
+process: venv ## tests that start processes or loopback servers (worker, gpubatch run, S3 stand-in)
+	$(PYTEST) -m process -q
+
+.PHONY: fakeclient
+fakeclient: venv ## the reconcile against an in-memory Kubernetes client with injected faults
+	$(PYTEST) -m fakeclient -q
 
 .PHONY: integration
 integration: venv testbin ## tests against the real control plane test bed
@@ -68,7 +80,7 @@ integration: venv testbin ## tests against the real control plane test bed
 
 .PHONY: test
 test: venv testbin lint ## everything CI runs: lint, unit, integration and benchmark-smoke tests
-	$(PYTEST) -m "unit or fakeclient or integration or bench" -q
+	$(PYTEST) -m "unit or process or fakeclient or integration or bench" -q
 
 # --- benchmarks and chaos (results: tests/bench/results/, quoted in BENCHMARKS.md) ----------
 .PHONY: bench

@@ -30,7 +30,7 @@ from gpubatch.cli.preview import scan_outputs
 from gpubatch.cli.slots import Slot
 from gpubatch.edges.nvml import GpuDevice, GpuReport
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.process
 
 REPO = Path(__file__).resolve().parents[2]
 _SCRIPT = Path(sys.executable).with_name("gpubatch")

@@ -1,4 +1,5 @@
-"""Builders and observers for GPUBatch integration tests."""
+"""GPUBatches on the test bed: a builder, operations and waits in one namespace, and a pod
+monitor that records invariant violations as they happen (integration tests and benchmarks)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from integration.kube import wait_for
-from integration.podwatch import PodEvents
+from gpubatch.api.names import FINALIZER_TRACKING, GROUP, LABEL_TASK_INDEX, PLURAL, VERSION
+from support.podwatch import PodEvents
+from support.waiting import wait_for
 from testbed import Testbed
-
-GROUP, VERSION, PLURAL = "gpubatch.io", "v1alpha1", "gpubatches"
 
 
 def batch(
@@ -96,6 +96,37 @@ class Batches:
             what=f"{type_}=True on GPUBatch {self.namespace}/{name}",
         )
 
+    def wait_finished(self, name: str, *, timeout: float = 120) -> dict[str, Any]:
+        """Wait until the batch is Complete or Failed; return the whole object."""
+
+        def finished() -> dict[str, Any] | None:
+            obj = self.get(name)
+            for cond in (obj.get("status") or {}).get("conditions") or []:
+                if cond["type"] in ("Complete", "Failed") and cond["status"] == "True":
+                    return dict(obj)
+            return None
+
+        return wait_for(
+            finished,
+            timeout=timeout,
+            interval=0.2,
+            what=f"GPUBatch {self.namespace}/{name} Complete or Failed",
+        )
+
+    def wait_observed(self, name: str, *, timeout: float = 60) -> dict[str, Any]:
+        """Wait until the operator has written a status for the batch's current generation
+        (a pass ran on the spec as it is now); return that status."""
+
+        def observed() -> dict[str, Any] | None:
+            obj = self.get(name)
+            status = obj.get("status") or {}
+            generation = obj["metadata"]["generation"]
+            return status if status.get("observedGeneration") == generation else None
+
+        return wait_for(
+            observed, timeout=timeout, what=f"observedGeneration of {self.namespace}/{name}"
+        )
+
     def pods(self) -> list[Any]:
         return self.core.list_namespaced_pod(self.namespace).items
 
@@ -145,12 +176,12 @@ class PodMonitor:
         metadata = pod["metadata"]
         name = metadata["name"]
         labels = metadata.get("labels") or {}
-        if "gpubatch.io/task-index" not in labels:
+        if LABEL_TASK_INDEX not in labels:
             return
         if name not in self.created:
             self.created.add(name)
             self.created_order.append(name)
-        task = int(labels["gpubatch.io/task-index"])
+        task = int(labels[LABEL_TASK_INDEX])
         phase = (pod.get("status") or {}).get("phase")
         self._forget(name)
         if kind != "DELETED" and phase not in ("Succeeded", "Failed"):
@@ -171,5 +202,5 @@ def pods_with_finalizer(batches: Batches) -> list[str]:
     return [
         p.metadata.name
         for p in batches.pods()
-        if "gpubatch.io/task-tracking" in (p.metadata.finalizers or [])
+        if FINALIZER_TRACKING in (p.metadata.finalizers or [])
     ]
