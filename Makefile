@@ -95,6 +95,12 @@ chaos: venv testbin ## chaos runs: SIGKILL the operator, restart apiserver/etcd,
 helm-lint: testbin ## lint the Helm chart
 	$$(bash tests/testbed/testbin.sh --print)/helm lint charts/gpubatch-operator --strict --kube-version 1.34.0
 
+.PHONY: crd
+crd: venv ## generate the CRD from the pydantic models into crds/ and the chart (tests check both)
+	$(PY) -m gpubatch.api.crdgen > crds/gpubatches.gpubatch.io.yaml.new
+	mv crds/gpubatches.gpubatch.io.yaml.new crds/gpubatches.gpubatch.io.yaml
+	$(MAKE) --no-print-directory chart-crd-sync
+
 .PHONY: chart-crd-sync
 chart-crd-sync: ## copy the canonical CRD into the chart (a unit test checks they are identical)
 	cp crds/gpubatches.gpubatch.io.yaml charts/gpubatch-operator/crds/
