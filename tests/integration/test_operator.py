@@ -110,9 +110,9 @@ def _tasks_gauge(operator: OperatorProcess, namespace: str, name: str) -> float 
     """The restarted operator's gpubatch_tasks{state="succeeded"} of one batch: exported only
     at the end of a pass over that batch (after its creates), so its presence means a pass
     finished."""
-    labels = f'namespace="{namespace}",batch="{name}",state="succeeded"'
+    labels = (f'batch="{name}"', f'namespace="{namespace}"', 'state="succeeded"')
     for line in operator.metrics().splitlines():
-        if line.startswith("gpubatch_tasks{") and labels in line:
+        if line.startswith("gpubatch_tasks{") and all(label in line for label in labels):
             return float(line.rsplit(" ", 1)[1])
     return None
 
