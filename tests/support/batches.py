@@ -4,6 +4,7 @@ monitor that records invariant violations as they happen (integration tests and 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -84,48 +85,45 @@ class Batches:
                 return cond
         return None
 
-    def wait_condition(self, name: str, type_: str, *, timeout: float = 120) -> dict[str, Any]:
-        def met() -> dict[str, Any] | None:
-            cond = self.condition(name, type_)
-            return cond if cond and cond["status"] == "True" else None
+    def wait_until(
+        self, name: str, test: Callable[[dict[str, Any]], bool], what: str, timeout: float
+    ) -> dict[str, Any]:
+        """Poll the batch until `test(batch object)` holds; return that object."""
+
+        def passed() -> dict[str, Any] | None:
+            obj = self.get(name)
+            return dict(obj) if test(obj) else None
 
         return wait_for(
-            met,
-            timeout=timeout,
-            interval=0.25,
-            what=f"{type_}=True on GPUBatch {self.namespace}/{name}",
+            passed, timeout=timeout, interval=0.25, what=f"{what} on {self.namespace}/{name}"
         )
+
+    def wait_condition(self, name: str, type_: str, *, timeout: float = 120) -> dict[str, Any]:
+        """Wait until condition `type_` is True; return the condition."""
+        obj = self.wait_until(name, lambda obj: _is_true(obj, type_), f"{type_}=True", timeout)
+        return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
 
     def wait_finished(self, name: str, *, timeout: float = 120) -> dict[str, Any]:
         """Wait until the batch is Complete or Failed; return the whole object."""
-
-        def finished() -> dict[str, Any] | None:
-            obj = self.get(name)
-            for cond in (obj.get("status") or {}).get("conditions") or []:
-                if cond["type"] in ("Complete", "Failed") and cond["status"] == "True":
-                    return dict(obj)
-            return None
-
-        return wait_for(
-            finished,
-            timeout=timeout,
-            interval=0.2,
-            what=f"GPUBatch {self.namespace}/{name} Complete or Failed",
+        return self.wait_until(
+            name,
+            lambda obj: _is_true(obj, "Complete") or _is_true(obj, "Failed"),
+            "Complete or Failed",
+            timeout,
         )
 
     def wait_observed(self, name: str, *, timeout: float = 60) -> dict[str, Any]:
         """Wait until the operator has written a status for the batch's current generation
         (a pass ran on the spec as it is now); return that status."""
-
-        def observed() -> dict[str, Any] | None:
-            obj = self.get(name)
-            status = obj.get("status") or {}
-            generation = obj["metadata"]["generation"]
-            return status if status.get("observedGeneration") == generation else None
-
-        return wait_for(
-            observed, timeout=timeout, what=f"observedGeneration of {self.namespace}/{name}"
+        obj = self.wait_until(
+            name,
+            lambda obj: (
+                (obj.get("status") or {}).get("observedGeneration") == obj["metadata"]["generation"]
+            ),
+            "observedGeneration = generation",
+            timeout,
         )
+        return dict(obj["status"])
 
     def pods(self) -> list[Any]:
         return self.core.list_namespaced_pod(self.namespace).items
@@ -136,6 +134,11 @@ class Batches:
         except ApiException as error:
             return error.status == 404
         return False
+
+
+def _is_true(obj: dict[str, Any], type_: str) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c["type"] == type_ and c["status"] == "True" for c in conditions)
 
 
 class PodMonitor:

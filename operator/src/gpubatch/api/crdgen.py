@@ -49,28 +49,39 @@ HEADER = """\
 # real API server. docs/api.md explains the fields and the design choices.
 """
 
-#: `kubectl get gpub` columns.
-PRINTER_COLUMNS: list[Schema] = [
-    {"name": "Total", "type": "integer", "description": "Tasks in the batch.",
-     "jsonPath": ".status.counts.total"},
-    {"name": "Succeeded", "type": "integer", "description": "Tasks that succeeded.",
-     "jsonPath": ".status.counts.succeeded"},
-    {"name": "Failed", "type": "integer", "description": "Tasks that failed after their retries.",
-     "jsonPath": ".status.counts.failed"},
-    {"name": "Skipped", "type": "integer",
-     "description": "Tasks skipped because their outputs existed.",
-     "jsonPath": ".status.counts.skipped"},
-    {"name": "Running", "type": "integer", "description": "Tasks whose pod is running.",
-     "jsonPath": ".status.counts.running"},
-    {"name": "Pending", "type": "integer", "priority": 1, "description": "Tasks not running yet.",
-     "jsonPath": ".status.counts.pending"},
-    {"name": "Progress", "type": "string", "description": "Finished over total tasks.",
-     "jsonPath": ".status.progress"},
-    {"name": "State", "type": "string",
-     "description": "Conditions that are True (Progressing, Complete, Failed, Suspended).",
-     "jsonPath": '.status.conditions[?(@.status=="True")].type'},
-    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-]  # fmt: skip
+#: `kubectl get gpub` columns: name, type, description, JSONPath (priority 1: only with -o wide).
+_COLUMNS = (
+    ("Total", "integer", "Tasks in the batch.", ".status.counts.total"),
+    ("Succeeded", "integer", "Tasks that succeeded.", ".status.counts.succeeded"),
+    ("Failed", "integer", "Tasks that failed after their retries.", ".status.counts.failed"),
+    (
+        "Skipped",
+        "integer",
+        "Tasks skipped because their outputs existed.",
+        ".status.counts.skipped",
+    ),
+    ("Running", "integer", "Tasks whose pod is running.", ".status.counts.running"),
+    ("Pending", "integer", "Tasks not running yet.", ".status.counts.pending"),
+    ("Progress", "string", "Finished over total tasks.", ".status.progress"),
+    (
+        "State",
+        "string",
+        "Conditions that are True (Progressing, Complete, Failed, Suspended).",
+        '.status.conditions[?(@.status=="True")].type',
+    ),
+)
+_WIDE_ONLY = frozenset({"Pending"})
+
+
+def printer_columns() -> list[Schema]:
+    columns: list[Schema] = []
+    for name, type_, description, path in _COLUMNS:
+        column: Schema = {"name": name, "type": type_}
+        if name in _WIDE_ONLY:
+            column["priority"] = 1
+        columns.append({**column, "description": description, "jsonPath": path})
+    return [*columns, {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]
+
 
 #: The order keys are written in, so the YAML reads top-down: what, bounds, rules, children.
 KEY_ORDER = (
@@ -136,7 +147,7 @@ def crd() -> Schema:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": printer_columns(),
                     "schema": {"openAPIV3Schema": _ordered(schema)},
                 }
             ],
