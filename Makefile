@@ -59,8 +59,20 @@ lint: venv lock-check ## lock in step with pyproject, ruff, mypy --strict, impor
 	$(VENV)/bin/lint-imports
 
 .PHONY: unit
-unit: venv ## fast tests of pure logic
+unit: venv ## every test without a control plane: the pure, process and fake-client tiers
+	$(PYTEST) -m "unit or process or fakeclient" -q
+
+.PHONY: pure
+pure: venv ## pure tests only (no subprocess, no server): the quickest check
 	$(PYTEST) -m unit -q
+
+.PHONY: process
+process: venv ## tests that start processes or loopback servers (worker, gpubatch run, S3 stand-in)
+	$(PYTEST) -m process -q
+
+.PHONY: fakeclient
+fakeclient: venv ## the reconcile against an in-memory Kubernetes client with injected faults
+	$(PYTEST) -m fakeclient -q
 
 .PHONY: integration
 integration: venv testbin ## tests against the real control plane test bed
@@ -68,7 +80,7 @@ integration: venv testbin ## tests against the real control plane test bed
 
 .PHONY: test
 test: venv testbin lint ## everything CI runs: lint, unit, integration and benchmark-smoke tests
-	$(PYTEST) -m "unit or integration or bench" -q --durations=15
+	$(PYTEST) -m "unit or process or fakeclient or integration or bench" -q --durations=15
 
 # --- benchmarks and chaos (results: tests/bench/results/, quoted in BENCHMARKS.md) ----------
 .PHONY: bench
@@ -84,6 +96,12 @@ chaos: venv testbin ## chaos runs: SIGKILL the operator, restart apiserver/etcd,
 .PHONY: helm-lint
 helm-lint: testbin ## lint the Helm chart
 	$$(bash tests/testbed/testbin.sh --print)/helm lint charts/gpubatch-operator --strict --kube-version 1.34.0
+
+.PHONY: crd
+crd: venv ## generate the CRD from the pydantic models into crds/ and the chart (tests check both)
+	$(PY) -m gpubatch.api.crdgen > crds/gpubatches.gpubatch.io.yaml.new
+	mv crds/gpubatches.gpubatch.io.yaml.new crds/gpubatches.gpubatch.io.yaml
+	$(MAKE) --no-print-directory chart-crd-sync
 
 .PHONY: chart-crd-sync
 chart-crd-sync: ## copy the canonical CRD into the chart (a unit test checks they are identical)

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BenchEnv, bench_env, gpu_pod_spec, wait_batch
-from integration.batches import Batches, PodMonitor
+from bench.harness import BenchEnv, bench_env, wait_batch
+from support.batches import Batches, PodMonitor
+from support.pods import gpu_pod_template
 from testbed import GpuNodePool
 
 Fault = Callable[[BenchEnv, random.Random], int]
@@ -57,7 +58,7 @@ def _run(
             "metadata": {"name": name},
             "spec": {
                 "tasks": {"range": {"stop": tasks}},
-                "template": gpu_pod_spec(duration="300ms"),
+                "template": gpu_pod_template(duration="300ms"),
                 "retry": {"limit": 0},
             },
         }

@@ -17,8 +17,11 @@ from typing import Any
 
 from kubernetes import client
 
-from integration.operator_process import OperatorProcess
-from integration.podwatch import PodEvents
+from support.audit import audited
+from support.batches import Batches
+from support.crd import install_crd
+from support.operator_process import OperatorProcess
+from support.podwatch import PodEvents
 from testbed import GpuNodePool, Testbed, TestbedConfig
 
 OPERATOR_USER = "gpubatch-operator"
@@ -118,16 +121,7 @@ class BenchEnv:
 
     def audited_requests(self) -> int:
         """Requests the operator has made so far (kube-apiserver's audit log)."""
-        time.sleep(1.5)  # the audit log is written in batches of at most 1 s
-        path = self.testbed.audit_log
-        if not path.exists():
-            return 0
-        count = 0
-        with path.open() as lines:
-            for line in lines:
-                if f'"username":"{OPERATOR_USER}"' in line:
-                    count += 1
-        return count
+        return len(audited(self.testbed, OPERATOR_USER))
 
 
 @contextmanager
@@ -139,9 +133,7 @@ def bench_env(
     )
     bed.start()
     try:
-        crd = Path(__file__).resolve().parents[2] / "crds" / "gpubatches.gpubatch.io.yaml"
-        bed.kubectl("apply", "--server-side", "-f", str(crd))
-        bed.kubectl("wait", "--for=condition=Established", "crd/gpubatches.gpubatch.io")
+        install_crd(bed)
         operator = OperatorProcess(
             testbed=bed,
             log_path=workdir / "operator.log",
@@ -159,17 +151,7 @@ def bench_env(
 
 def wait_batch(bed: Testbed, namespace: str, name: str, timeout: float) -> dict[str, Any]:
     """Wait until the batch is Complete or Failed; return its final object."""
-    api = client.CustomObjectsApi(bed.api_client())
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        obj = api.get_namespaced_custom_object(
-            "gpubatch.io", "v1alpha1", namespace, "gpubatches", name
-        )
-        for cond in (obj.get("status") or {}).get("conditions") or []:
-            if cond["type"] in ("Complete", "Failed") and cond["status"] == "True":
-                return dict(obj)
-        time.sleep(0.2)
-    raise TimeoutError(f"batch {namespace}/{name} not finished after {timeout}s")
+    return Batches(bed, namespace).wait_finished(name, timeout=timeout)
 
 
 def wait_job(bed: Testbed, namespace: str, name: str, timeout: float) -> dict[str, Any]:
@@ -190,26 +172,6 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
-
-
-def gpu_pod_spec(durations: str | None = None, duration: str = "50ms") -> dict[str, Any]:
-    annotations = {"sim.gpubatch.io/duration": duration}
-    if durations is not None:
-        annotations["sim.gpubatch.io/durations"] = durations
-    return {
-        "metadata": {"annotations": annotations},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [
-                {
-                    "name": "task",
-                    "image": "registry.example.com/task:1",
-                    "command": ["python", "task.py"],
-                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
-                }
-            ],
-        },
-    }
 
 
 def _admin_endpoint(bed: Testbed) -> Any:

@@ -17,8 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import bench_env, gpu_pod_spec, wait_batch
+from bench.harness import bench_env, wait_batch
 from bench.scenarios import _create_batch, _gpubatch
+from support.pods import gpu_pod_template
 from testbed import GpuNodePool
 
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             body = _gpubatch(
                 "prof",
                 tasks={"range": {"stop": args.tasks}},
-                template=gpu_pod_spec(duration="50ms"),
+                template=gpu_pod_template(duration="50ms"),
                 maxPending=512,
             )
             _create_batch(env, ns, body)

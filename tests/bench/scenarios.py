@@ -19,7 +19,6 @@ from bench.harness import (
     BenchEnv,
     PodWatcher,
     bench_env,
-    gpu_pod_spec,
     minimal_dispatcher,
     object_size,
     percentile,
@@ -28,6 +27,7 @@ from bench.harness import (
     wait_job,
 )
 from bench.simulate import LOGNORMAL_SEED, LOGNORMAL_SIGMA, lower_bound_seconds
+from support.pods import gpu_pod_template
 from testbed import GpuNodePool, sim
 
 
@@ -139,7 +139,7 @@ def dispatch_rate(scale: Scale, workdir: Path) -> dict[str, Any]:
     gpus, max_pending = 1024, 512
     pools = [GpuNodePool(name="wide", count=8, gpus=gpus // 8)]
     fill = min(n, gpus)
-    template = gpu_pod_spec(duration="50ms")
+    template = gpu_pod_template(duration="50ms")
     with bench_env(workdir, pools, operator_args=[f"--max-pending={max_pending}"]) as env:
         raw_ns = env.namespace("raw")
         ceiling = asyncio.run(raw_create_ceiling(env.testbed, raw_ns, n))
@@ -196,7 +196,7 @@ def makespan(scale: Scale, workdir: Path) -> dict[str, Any]:
     mean_ms, sigma, seed = scale.mean_seconds * 1000, LOGNORMAL_SIGMA, LOGNORMAL_SEED
     durations = [sim.lognormal_ms(i, mean_ms, sigma, seed) for i in range(n)]
     bound = lower_bound_seconds([ms / 1000 for ms in durations], gpus)
-    template = gpu_pod_spec()
+    template = gpu_pod_template()
     template["metadata"]["annotations"][sim.LOGNORMAL] = sim.lognormal_annotation(
         mean_ms, sigma, seed
     )
@@ -266,7 +266,7 @@ def mixed_gpus(scale: Scale, workdir: Path) -> dict[str, Any]:
     # Long enough that the GPUs, not this 2-core machine's pod pipeline, are the bottleneck:
     # 32/5 s + 32/10 s = 9.6 tasks/s of GPU capacity, well below the ~35 pods/s pipeline.
     seconds = 0.5 if scale is SMOKE else 5.0
-    template = gpu_pod_spec(duration=f"{seconds * 1000:.0f}ms")
+    template = gpu_pod_template(duration=f"{seconds * 1000:.0f}ms")
     template["metadata"]["annotations"]["sim.gpubatch.io/slow-duration"] = f"{seconds * 2000:.0f}ms"
     with bench_env(workdir, pools) as env:
         dyn_s, _, obj, _ = _run_batch(
@@ -319,7 +319,7 @@ def cost_at_100k(scale: Scale, workdir: Path) -> dict[str, Any]:
     with manifest.open("w") as out:
         for i in range(n):
             out.write(f'{{"sample": "s{i:06d}", "ms": {50 + i % 200}}}\n')
-    template = gpu_pod_spec(duration="50ms")
+    template = gpu_pod_template(duration="50ms")
     pools = [GpuNodePool(name="gpu", count=8, gpus=8)]
     with bench_env(workdir / "bed", pools) as env:
         ns = env.namespace("big")

@@ -7,20 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from integration.operator_process import OperatorProcess
+from support.crd import install_crd
+from support.operator_process import OperatorProcess
 from testbed import Testbed
-
-REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "gpubatches.gpubatch.io.yaml"
 
 
 @pytest.fixture(scope="session")
 def crd(testbed: Testbed) -> Path:
-    testbed.kubectl("apply", "--server-side", "-f", str(CRD))
-    testbed.kubectl(
-        "wait", "--for=condition=Established", "crd/gpubatches.gpubatch.io", "--timeout=60s"
-    )
-    return CRD
+    return install_crd(testbed)
 
 
 @pytest.fixture(scope="session")

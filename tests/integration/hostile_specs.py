@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from integration.batches import batch
+from support.batches import batch
 
 TMP: Final = "@TMP@"
 REFUSED: Final = "refused"

@@ -36,9 +36,10 @@ import yaml
 
 import testbed as testbed_package
 from integration import user_path
-from integration.batches import batch
-from integration.operator_process import OperatorProcess
 from integration.user_path import CHART, Cluster, Example
+from support.audit import audit_offset, audited
+from support.batches import batch
+from support.operator_process import OperatorProcess
 from testbed import Testbed, TestbedConfig
 
 pytestmark = pytest.mark.integration
@@ -413,22 +414,9 @@ def user_namespace(cluster: TestbedCluster, prefix: str) -> str:
     return name
 
 
-def audit_offset(bed: Testbed) -> int:
-    time.sleep(1.5)  # the audit log is written in batches of at most one second
-    return len(bed.audit_log.read_text().splitlines()) if bed.audit_log.exists() else 0
-
-
-def audited(bed: Testbed, since: int) -> list[dict[str, Any]]:
-    """The ServiceAccount's requests since line `since` of the audit log, one per request."""
-    time.sleep(1.5)
-    seen: dict[str, dict[str, Any]] = {}
-    for line in bed.audit_log.read_text().splitlines()[since:]:
-        event = json.loads(line)
-        if event["user"]["username"] == SA_USER and "objectRef" in event:
-            seen.setdefault(event["auditID"], event)
-            if event["stage"] == "ResponseComplete":
-                seen[event["auditID"]] = event
-    return list(seen.values())
+def resource_requests(bed: Testbed, since: int) -> list[dict[str, Any]]:
+    """The ServiceAccount's requests on API resources since line `since` of the audit log."""
+    return [e for e in audited(bed, SA_USER, since) if "objectRef" in e]
 
 
 def scanning_hint(refused: Iterable[Permission]) -> str:
@@ -554,7 +542,7 @@ def test_user_path_with_the_charts_identity_uses_exactly_the_granted_permissions
     )
     user_path.uninstall_batches(cluster, [namespace])
 
-    events = audited(bed, since)
+    events = resource_requests(bed, since)
     refused = sorted({permission(e) for e in events if e["responseStatus"]["code"] == 403})
     assert refused == [], f"requests refused: {refused}{scanning_hint(refused)}"
     used = {permission(e) for e in events}
@@ -787,7 +775,9 @@ def test_removing_one_permission_breaks_the_operator(
         cluster.user_kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(probe))
         removal.check(cluster, namespace)
         cluster.stop_operator()
-    refused = {permission(e) for e in audited(bed, since) if e["responseStatus"]["code"] == 403}
+    refused = {
+        permission(e) for e in resource_requests(bed, since) if e["responseStatus"]["code"] == 403
+    }
     assert refused == removal.refused, f"refused: {refused}{scanning_hint(refused)}"
     # With every permission back, the operator finishes what it could not do.
     cluster.start_operator()
@@ -837,7 +827,7 @@ def test_watch_namespaces_mode_runs_batches_only_there_with_namespaced_access(
         assert not _status(cluster, other, "probe") and not _task_pods(cluster, other)
         user_path.uninstall_batches(cluster, [watched])
 
-        events = audited(bed, since)
+        events = resource_requests(bed, since)
         refused = {permission(e) for e in events if e["responseStatus"]["code"] == 403}
         assert not refused, f"refused: {refused}{scanning_hint(refused)}"
         where = {(e["objectRef"]["resource"], e["objectRef"].get("namespace")) for e in events}

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from integration.batches import Batches, batch
-from integration.operator_process import OperatorProcess
+from support.batches import Batches, batch
+from support.operator_process import OperatorProcess
 from testbed import Testbed, env_with_kubeconfig
 
 pytestmark = pytest.mark.integration

@@ -23,12 +23,11 @@ from gpubatch.api.status import (
     TaskFailure,
 )
 from gpubatch.core.gpustats import record_success
+from support.crd import REPO, install_crd
 from testbed import Testbed
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "gpubatches.gpubatch.io.yaml"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 
 
@@ -39,10 +38,7 @@ def bed(testbed: Testbed) -> Testbed:
     Self-contained on purpose (not the operator tests' `crd` fixture): these tests are about
     the CRD file itself and must re-apply it even when a session fixture installed it earlier.
     """
-    testbed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    testbed.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/gpubatches.gpubatch.io"
-    )
+    install_crd(testbed, force_conflicts=True)
     return testbed
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
+from gpubatch.api.names import GROUP, PLURAL, VERSION
 from gpubatch.core.indexset import IndexSet
-from integration.batches import GROUP, PLURAL, VERSION, Batches, PodMonitor, batch
 from integration.hostile_specs import (
     ESCAPING_ROWS,
     FAILED_CASES,
@@ -34,15 +34,14 @@ from integration.hostile_specs import (
     SHELL_PAYLOADS,
     Case,
 )
-from integration.operator_process import OperatorProcess
+from support.batches import Batches, PodMonitor, batch
+from support.operator_process import OperatorProcess
 from testbed import Testbed
 
 pytestmark = pytest.mark.integration
 
 #: How long the operator has to set Failed on every operator-side case.
 FAILED_TIMEOUT = 30.0
-#: After the last Failed condition, how long a late pod would have to appear.
-GRACE = 1.5
 WORKER = ["gpubatch-worker", "--"]
 SHELLS = {"sh", "/bin/sh", "bash", "/bin/bash", "/usr/bin/env", "-c"}
 
@@ -113,8 +112,12 @@ def failed_run(
     operator: OperatorProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FailedRun]:
-    """Every operator-side case applied in one namespace, each left until it is Failed (or the
-    timeout), then a grace period for late pods; the pod watch runs throughout."""
+    """Every operator-side case applied in one namespace, each left until the operator has
+    failed it for its current spec (Failed, observedGeneration = generation) or the timeout;
+    the pod watch runs throughout.
+
+    No grace period: every pass finishes its creates before the next pass writes, so any pod
+    a pass created exists before the status that failed the batch, and the watch has it."""
     if not operator.alive():
         operator.start()
     namespace = f"hostile-failed-{uuid.uuid4().hex[:6]}"
@@ -131,7 +134,8 @@ def failed_run(
             for item in listed["items"]:
                 status = item.get("status") or {}
                 statuses[item["metadata"]["name"]] = status
-                if any(
+                observed = status.get("observedGeneration") == item["metadata"]["generation"]
+                if observed and any(
                     c["type"] == "Failed" and c["status"] == "True"
                     for c in status.get("conditions") or []
                 ):
@@ -139,7 +143,6 @@ def failed_run(
             if not waiting or time.monotonic() > deadline:
                 break
             time.sleep(0.25)
-        time.sleep(GRACE)
         left = [p.metadata.name for p in batches.pods()]
     seen = sorted(monitor.created)
     yield FailedRun(

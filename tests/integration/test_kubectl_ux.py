@@ -20,10 +20,10 @@ import lupa.lua51 as lua51
 import pytest
 import yaml
 
-from integration.batches import Batches, batch
-from integration.kube import wait_for
-from integration.operator_process import OperatorProcess
 from integration.user_path import doc_block, parse_table
+from support.batches import Batches, batch
+from support.operator_process import OperatorProcess
+from support.waiting import wait_for
 from testbed import Testbed
 
 pytestmark = pytest.mark.integration

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from integration.batches import Batches, PodMonitor, batch, pods_with_finalizer
-from integration.kube import wait_for
-from integration.operator_process import OperatorProcess
+from support.batches import Batches, PodMonitor, batch, pods_with_finalizer
+from support.operator_process import OperatorProcess
+from support.waiting import wait_for
 from testbed import GpuNodePool, Testbed
 
 pytestmark = pytest.mark.integration
@@ -79,19 +78,43 @@ def test_pod_carries_gpu_limit_labels_owner_and_rendered_command(batches: Batche
     assert container.security_context.allow_privilege_escalation is False
 
 
-def test_second_apply_of_a_finished_batch_dispatches_nothing(batches: Batches):
+def test_second_apply_of_a_finished_batch_dispatches_nothing(
+    batches: Batches, running_operator: OperatorProcess
+):
     body = batch("again", duration="100ms", podCleanup={"succeeded": "Keep"})
     batches.create(body)
     batches.wait_condition("again", "Complete")
     first = {p.metadata.name for p in batches.pods()}
-    before = batches.status("again")
-    # Re-apply the same spec (as `kubectl apply` or a GitOps sync would).
+    before = batches.get("again")
+    # Re-apply the same spec (as `kubectl apply` or a GitOps sync would). An identical apply
+    # changes no generation, so the running loop has nothing to look at; a restarted operator
+    # has no memory of the batch and must derive "finished" from the status and the pods.
     batches.testbed.kubectl("-n", batches.namespace, "apply", "-f", "-", input=json.dumps(body))
-    time.sleep(3)
-    assert {p.metadata.name for p in batches.pods()} == first
-    after = batches.status("again")
-    assert after["counts"] == before["counts"]
+    with PodMonitor(batches.testbed, batches.namespace) as monitor:
+        running_operator.restart()
+        wait_for(
+            lambda: _tasks_gauge(running_operator, batches.namespace, "again") == 10,
+            timeout=60,
+            what="a pass of the restarted operator over the batch (its succeeded gauge)",
+        )
+        pods_after = {p.metadata.name for p in batches.pods()}
+    after = batches.get("again")
     assert len(first) == 10
+    assert pods_after == first
+    assert set(monitor.created) <= first  # the watch saw no other pod, however short-lived
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["status"]["counts"] == before["status"]["counts"]
+
+
+def _tasks_gauge(operator: OperatorProcess, namespace: str, name: str) -> float | None:
+    """The restarted operator's gpubatch_tasks{state="succeeded"} of one batch: exported only
+    at the end of a pass over that batch (after its creates), so its presence means a pass
+    finished."""
+    labels = (f'batch="{name}"', f'namespace="{namespace}"', 'state="succeeded"')
+    for line in operator.metrics().splitlines():
+        if line.startswith("gpubatch_tasks{") and all(label in line for label in labels):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 def test_tasks_whose_outputs_exist_are_skipped_before_any_pod_starts(
@@ -238,17 +261,19 @@ def test_too_many_failed_tasks_fails_the_batch_and_stops_dispatch(batches: Batch
         retry={"limit": 0},
         maxFailedTasks=1,
     )
-    batches.create(body)
-    cond = batches.wait_condition("doomed", "Failed", timeout=60)
-    assert cond["reason"] == "TooManyFailedTasks"
-    time.sleep(2)
-    status = batches.status("doomed")
-    assert status["counts"]["failed"] <= 4  # parallelism 2: at most the in-flight ones more
-    wait_for(
-        lambda: all(p.status.phase in ("Succeeded", "Failed") for p in batches.pods()),
-        timeout=30,
-        what="nothing left running",
-    )
+    with PodMonitor(batches.testbed, batches.namespace) as monitor:
+        batches.create(body)
+        cond = batches.wait_condition("doomed", "Failed", timeout=60)
+        assert cond["reason"] == "TooManyFailedTasks"
+        wait_for(
+            lambda: all(p.status.phase in ("Succeeded", "Failed") for p in batches.pods()),
+            timeout=30,
+            what="nothing left running",
+        )
+        status = batches.wait_observed("doomed")
+    # parallelism 2: two failures end the batch, at most the two in flight then were started
+    assert len(monitor.created) <= 4
+    assert status["counts"]["failed"] <= 4
     events = batches.testbed.kubectl("-n", batches.namespace, "get", "events", "-o", "json")
     reasons = {e["reason"] for e in json.loads(events.stdout)["items"]}
     assert "TooManyFailedTasks" in reasons
@@ -289,10 +314,12 @@ def test_suspend_stops_dispatch_and_resume_continues(batches: Batches):
     body = batch(
         "pausable", tasks={"range": {"stop": 20}}, duration="300ms", parallelism=2, suspend=True
     )
-    batches.create(body)
-    batches.wait_condition("pausable", "Suspended")
-    time.sleep(2)
-    assert batches.pods() == []
+    with PodMonitor(batches.testbed, batches.namespace) as monitor:
+        batches.create(body)
+        batches.wait_condition("pausable", "Suspended")
+        batches.wait_observed("pausable")  # the pass that saw suspend: true has decided
+        assert batches.pods() == []
+    assert monitor.created == set()
     assert batches.condition("pausable", "Progressing")["reason"] == "Suspended"
     batches.patch_spec("pausable", {"suspend": False})
     batches.wait_condition("pausable", "Complete", timeout=90)
@@ -318,16 +345,18 @@ def test_deleting_a_batch_mid_run_leaves_no_pods(batches: Batches):
 
 def test_invalid_spec_gets_failed_condition_event_and_no_pods(batches: Batches, tmp_path: Path):
     body = batch("nomatch", tasks={"files": {"glob": str(tmp_path / "missing" / "*.jpg")}})
-    batches.create(body)
-    cond = batches.wait_condition("nomatch", "Failed", timeout=30)
+    with PodMonitor(batches.testbed, batches.namespace) as monitor:
+        batches.create(body)
+        cond = batches.wait_condition("nomatch", "Failed", timeout=30)
+        batches.wait_observed("nomatch")
+        assert batches.pods() == []
+    assert monitor.created == set()
     assert cond["reason"] == "InvalidSpec"
     assert "matches no files" in cond["message"] or "no files" in cond["message"]
     events = json.loads(
         batches.testbed.kubectl("-n", batches.namespace, "get", "events", "-o", "json").stdout
     )["items"]
     assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in events)
-    time.sleep(1)
-    assert batches.pods() == []
 
 
 def test_unknown_placeholder_is_invalid_spec_naming_it(batches: Batches):

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from integration.batches import Batches, PodMonitor, batch, pods_with_finalizer
-from integration.kube import wait_for
-from integration.operator_process import OperatorProcess
+from support.batches import Batches, PodMonitor, batch, pods_with_finalizer
+from support.operator_process import OperatorProcess
+from support.waiting import wait_for
 from testbed import GpuNodePool, Testbed
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from integration.batches import Batches, PodMonitor, batch
-from integration.operator_process import OperatorProcess
+from support.batches import Batches, PodMonitor, batch
+from support.operator_process import OperatorProcess
 from testbed import Testbed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from kubernetes.client.rest import ApiException
 
-from integration.kube import gpu_pod, wait_for
+from support.pods import gpu_pod
+from support.waiting import wait_for
 from testbed import GpuNodePool, Testbed, TestbedConfig, sim
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from integration.kube import gpu_pod, wait_for
+from support.pods import gpu_pod
+from support.waiting import wait_for
 from testbed import GpuNodePool, Testbed, sim
 
 pytestmark = pytest.mark.integration

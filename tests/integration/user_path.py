@@ -22,7 +22,6 @@ import json
 import re
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import yaml
 
 from gpubatch.core.prepare import prepare_batch
+from support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "gpubatch-operator"
@@ -375,11 +375,5 @@ def uninstall(cluster: Cluster, namespaces: Iterable[str]) -> None:
 
 
 def wait_until(check: Any, *, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+    """`support.waiting.wait_for`, polling at the user's pace (every half second)."""
+    return wait_for(check, timeout=timeout, what=what, interval=interval)

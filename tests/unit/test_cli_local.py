@@ -31,7 +31,7 @@ from gpubatch.local.journal import Journal, LocalState, read_attempts
 from gpubatch.local.runner import LocalRunner, RunOptions
 from gpubatch.local.slots import GpuThreshold, Slot
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.process
 
 REPO = Path(__file__).resolve().parents[2]
 _SCRIPT = Path(sys.executable).with_name("gpubatch")

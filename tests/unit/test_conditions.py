@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from builders import NOW, ago, later
 
 from gpubatch.api.status import CONDITION_MESSAGE_LIMIT, Condition, GPUBatchStatus
 from gpubatch.core.conditions import condition_is, set_condition
+from support.builders import NOW, ago, later
 
 pytestmark = pytest.mark.unit
 

@@ -89,13 +89,6 @@ def test_range_add_and_discard_match_a_set(added, removed):
     assert len(result) == len(expected)
 
 
-@given(index_lists, st.integers(0, 250))
-def test_complement_is_the_missing_indexes_below_total(values, total):
-    assert list(build(values).complement(total)) == [
-        i for i in range(total) if i not in set(values)
-    ]
-
-
 @given(index_lists)
 def test_format_then_parse_round_trips(values):
     original = build(values)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from builders import a_pod, a_result, failed, succeeded, unscheduled
 
 from gpubatch.api.result import ExitCode, GpuIdentity, Outcome, Reason
 from gpubatch.api.spec import Retry
@@ -16,6 +15,7 @@ from gpubatch.core.outcome import (
     classify,
 )
 from gpubatch.core.podview import PodView
+from support.builders import a_pod, a_result, failed, succeeded, unscheduled
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,30 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from builders import (
+
+from gpubatch.api.result import Outcome, Reason
+from gpubatch.api.status import (
+    RECENT_FAILURES_LIMIT,
+    Condition,
+    ConditionType,
+    GPUBatchStatus,
+    TaskCounts,
+)
+from gpubatch.api.status import Reason as Why
+from gpubatch.core.indexset import IndexSet
+from gpubatch.core.outcome import STOP_BATCH_ENDED, STOP_TASK_DEADLINE
+from gpubatch.core.planner import (
+    DispatchOrder,
+    Ledger,
+    Limits,
+    Observation,
+    Plan,
+    TaskAttempt,
+    plan,
+    plan_invalid_spec,
+)
+from gpubatch.core.podview import PodView
+from support.builders import (
     NOW,
     a_result,
     a_retry,
@@ -26,27 +49,6 @@ from builders import (
     succeeded,
     unscheduled,
 )
-
-from gpubatch.api.result import Outcome, Reason
-from gpubatch.api.status import (
-    RECENT_FAILURES_LIMIT,
-    Condition,
-    ConditionType,
-    GPUBatchStatus,
-)
-from gpubatch.api.status import Reason as Why
-from gpubatch.core.indexset import IndexSet
-from gpubatch.core.outcome import STOP_BATCH_ENDED, STOP_TASK_DEADLINE
-from gpubatch.core.planner import (
-    DispatchOrder,
-    Limits,
-    Observation,
-    Plan,
-    TaskAttempt,
-    plan,
-    ttl_expired,
-)
-from gpubatch.core.podview import PodView
 
 pytestmark = pytest.mark.unit
 
@@ -85,13 +87,7 @@ def retry_of(status: GPUBatchStatus, index: int) -> tuple[int, int] | None:
 
 def outcome_in(status: GPUBatchStatus, pod: PodView) -> bool:
     """Does `status` hold this attempt's outcome (final task, or retries moved past it)?"""
-    final = (
-        IndexSet.parse(status.succeeded_indexes)
-        .union(IndexSet.parse(status.failed_indexes))
-        .union(IndexSet.parse(status.skipped_indexes))
-    )
-    entry = next((r for r in status.retries if r.index == pod.index), None)
-    return pod.index in final or (entry is not None and entry.attempts > pod.attempt)
+    return Ledger.of(status).recorded(pod)
 
 
 def again(previous: Plan, obs: Observation, **changes: Any) -> Plan:
@@ -718,12 +714,30 @@ def test_a_finished_batch_asks_to_be_woken_when_its_ttl_runs_out():
     assert result.wake_in == pytest.approx(70)
 
 
-def test_ttl_expires_only_for_a_finished_batch_once_the_time_has_passed():
-    finished_30s_ago = a_status(completion_time=ago(30))
-    assert ttl_expired(finished_30s_ago, 30, NOW)
-    assert not ttl_expired(finished_30s_ago, 31, NOW)
-    assert not ttl_expired(finished_30s_ago, None, NOW)
-    assert not ttl_expired(a_status(), 0, NOW)
+def test_a_finished_batch_is_deleted_once_its_ttl_has_passed():
+    def deleted(ttl: int | None, status: GPUBatchStatus) -> bool:
+        spec = a_spec(ttlSecondsAfterFinished=ttl) if ttl is not None else a_spec()
+        return plan(an_observation(spec, status=status)).delete_batch
+
+    finished_30s_ago = a_status(succeeded=range(10), start_time=ago(300), completion_time=ago(30))
+    assert deleted(30, finished_30s_ago)
+    assert not deleted(31, finished_30s_ago)
+    assert not deleted(None, finished_30s_ago)
+    assert not deleted(0, a_status(succeeded=range(5), start_time=ago(300)))
+
+
+def test_a_spec_that_does_not_parse_fails_the_batch_once_and_keeps_its_counts():
+    status = a_status(succeeded=[0, 1], counts=TaskCounts(total=10, succeeded=2, pending=8))
+    first = plan_invalid_spec(status, 3, "spec.tasks: field required", NOW)
+    again_ = plan_invalid_spec(first.status, 3, "spec.tasks: field required", later(5))
+
+    assert condition_of(first.status, ConditionType.FAILED) == ("True", Why.INVALID_SPEC)
+    assert condition_of(first.status, ConditionType.PROGRESSING) == ("False", Why.INVALID_SPEC)
+    assert first.status.observed_generation == 3
+    assert first.status.counts == status.counts
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", Why.INVALID_SPEC)]
+    assert not (first.create or first.release or first.stop or first.delete)
+    assert again_.events == []
 
 
 def test_recovering_from_an_invalid_spec_clears_the_old_completion_time():

@@ -7,7 +7,6 @@ import re
 from typing import Any
 
 import pytest
-from builders import BATCH, BATCH_UID, NAMESPACE, a_spec
 
 from gpubatch.api.names import (
     FINALIZER_TRACKING,
@@ -41,6 +40,7 @@ from gpubatch.core.podspec import (
     task_selector,
 )
 from gpubatch.core.prepare import prepare_batch
+from support.builders import BATCH, BATCH_UID, NAMESPACE, a_spec
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from builders import BATCH_UID, NAMESPACE, a_pod, a_pod_object, terminated_status
 
 from gpubatch.api.names import (
     ANNOTATION_STOP_REASON,
@@ -16,6 +15,7 @@ from gpubatch.api.names import (
     LABEL_TASK_INDEX,
 )
 from gpubatch.core.podview import PodView, pod_view
+from support.builders import BATCH_UID, NAMESPACE, a_pod, a_pod_object, terminated_status
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,6 @@ from gpubatch.core.expand import FileInfo
 from gpubatch.core.partial import partial_path
 from gpubatch.edges import storage
 
-pytestmark = pytest.mark.unit
 __all__ = ["bucket", "s3_server"]  # fixtures used by name below
 
 

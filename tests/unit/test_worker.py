@@ -36,7 +36,7 @@ from gpubatch.edges.nvml import GpuDevice, GpuReport, probe_gpus
 from gpubatch.worker.run import StopRequest
 from gpubatch.worker.task import run_task
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.process
 __all__ = ["bucket", "s3_server"]  # fixtures used by name below
 
 _CONSOLE_SCRIPT = Path(sys.executable).with_name("gpubatch-worker")

@@ -18,7 +18,7 @@ import pytest
 from gpubatch.api.result import exit_code_table_markdown
 from gpubatch.api.taskenv import env_table_markdown
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.process
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / "worker-image"

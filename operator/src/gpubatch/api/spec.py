@@ -1,12 +1,12 @@
 """Pydantic models of the GPUBatch spec: the one place that knows the spec's field names.
 
-The CRD in `crds/gpubatches.gpubatch.io.yaml` declares the same fields (a test walks both and
-fails on any difference, descriptions included), so `kubectl explain gpubatch.spec` and these
-docstrings teach the same API. Cross-field rules are written twice on purpose: as CEL in the CRD,
-so `kubectl apply` refuses a bad spec before anything runs, and as validators here, so code that
-never passes through an API server (the local CLI, unit tests) refuses the same spec with the same
-message. The messages live in the `MSG_*` constants below and the CRD test checks that every CEL
-message is one of them.
+The CRD in `crds/gpubatches.gpubatch.io.yaml` is generated from these models
+(`gpubatch.api.crdgen`, `make crd`), descriptions included, so `kubectl explain gpubatch.spec`
+and these docstrings teach the same API. Cross-field rules exist twice on purpose: as CEL rules
+attached to the models here (`json_schema_extra`), which the generator writes into the CRD so
+`kubectl apply` refuses a bad spec before anything runs, and as validators, so code that never
+passes through an API server (the local CLI, unit tests) refuses the same spec with the same
+message. Both take their messages from the `MSG_*` constants below.
 
 Layering: this module imports only pydantic and the standard library; it does no I/O.
 """
@@ -142,6 +142,59 @@ VALIDATION_MESSAGES: Final = frozenset(
     }
 )
 
+# --------------------------------------------------------------------------- CEL rules (CRD)
+# The API server's copy of the validators below, attached to the models (`json_schema_extra`)
+# so `gpubatch.api.crdgen` writes them into the CRD. Each carries the message its Python
+# validator raises, and the patterns come from the constants the validators use.
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One x-kubernetes-validations entry; `field_path` points kubectl's error at a field."""
+    entry = {"rule": rule, "message": message}
+    if field_path is not None:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+def validations(*rules: dict[str, str]) -> dict[str, Any]:
+    """`json_schema_extra` carrying CEL rules."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+_RESERVED_CEL: Final = ", ".join(f"'{name}'" for name in sorted(RESERVED_PARAM_NAMES))
+
+
+def _param_name_rule(value: str) -> str:
+    return (
+        f"size({value}) <= {PARAM_NAME_MAX_LENGTH} && {value}.matches('{PARAM_NAME_PATTERN}') "
+        f"&& !({value} in [{_RESERVED_CEL}])"
+    )
+
+
+CEL_PARAM_FIELD: Final = cel(
+    f"!has(self.param) || ({_param_name_rule('self.param')})", MSG_PARAM_NAME, ".param"
+)
+CEL_PARAM_KEYS: Final = cel(f"self.all(k, {_param_name_rule('k')})", MSG_PARAM_NAME)
+CEL_RANGE: Final = (
+    cel("self.step != 0", MSG_STEP_ZERO, ".step"),
+    cel(
+        "self.step == 0 || (self.step > 0 ? self.stop > self.start : self.stop < self.start)",
+        MSG_RANGE_EMPTY,
+        ".stop",
+    ),
+)
+_PINNING_CEL: Final = ", ".join(f"'{name}'" for name in GPU_PINNING_ENV)
+
+
+def _no_gpu_env_rule(containers: str) -> dict[str, str]:
+    return cel(
+        f"!has(self.{containers}) || self.{containers}.all(c, !has(c.env) || "
+        f"c.env.all(e, !(e.name in [{_PINNING_CEL}])))",
+        MSG_GPU_ENV,
+        f".{containers}",
+    )
+
+
 # ------------------------------------------------------------------------------------- types
 #: A value written inline in the spec. Strings or integers only: the API server would turn
 #: 1.0 into 1 and lose the text the user wrote, so floats and booleans are written quoted
@@ -198,6 +251,8 @@ class _SpecModel(BaseModel):
 class IntRange(_SpecModel):
     """Integers from start (inclusive) to stop (exclusive) by step, as Python's range()."""
 
+    model_config = ConfigDict(json_schema_extra=validations(*CEL_RANGE))
+
     start: int = Field(0, description="First value (inclusive). Defaults to 0.")
     stop: int = Field(
         description="End of the range, exclusive, as in Python's range(): start 0, stop 3 gives "
@@ -225,6 +280,8 @@ class IntRange(_SpecModel):
 class RangeSource(IntRange):
     """One task per integer of a range, e.g. one task per seismic shot number."""
 
+    model_config = ConfigDict(json_schema_extra=validations(*CEL_RANGE, CEL_PARAM_FIELD))
+
     param: ParamName = Field(
         "value",
         description="Name of the parameter that holds the integer, used as {name} in "
@@ -237,7 +294,19 @@ class RangeSource(IntRange):
 class MatrixAxis(_SpecModel):
     """One axis of a matrix: a list of values, a range of integers, or the files of a glob."""
 
-    values: list[InlineValue] | None = Field(
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "[has(self.values), has(self.range), has(self.files)].filter(x, x).size() == 1",
+                MSG_ONE_AXIS_KIND,
+            )
+        )
+    )
+
+    values: (
+        list[Annotated[InlineValue, Field(description="An axis value: a string or an integer.")]]
+        | None
+    ) = Field(
         None,
         min_length=1,
         max_length=MAX_INLINE_ITEMS,
@@ -264,6 +333,8 @@ class MatrixAxis(_SpecModel):
 class FilesSource(_SpecModel):
     """One task per file matching a glob, e.g. every image in a folder."""
 
+    model_config = ConfigDict(json_schema_extra=validations(CEL_PARAM_FIELD))
+
     glob: str = Field(
         min_length=1,
         max_length=MAX_PATH_LENGTH,
@@ -286,6 +357,19 @@ ManifestFormat = Literal["jsonl", "csv"]
 
 class ManifestSource(_SpecModel):
     """Tasks listed in a file in shared storage, for batches too large for the object."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.format) || "
+                + " || ".join(
+                    f"self.path.lowerAscii().endsWith('{ext}')"
+                    for ext in (".jsonl", ".ndjson", ".csv")
+                ),
+                MSG_MANIFEST_FORMAT,
+            )
+        )
+    )
 
     path: str = Field(
         min_length=1,
@@ -331,12 +415,44 @@ class TaskSource(_SpecModel):
     the same tasks under the same indexes.
     """
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "[has(self.items), has(self.range), has(self.matrix), has(self.files), "
+                "has(self.manifest)].filter(x, x).size() == 1",
+                MSG_ONE_SOURCE,
+            )
+        )
+    )
+
     items: (
-        list[Annotated[dict[ParamName, InlineValue], Field(max_length=MAX_PARAMS_PER_ITEM)]] | None
+        list[
+            Annotated[
+                dict[
+                    ParamName,
+                    Annotated[
+                        InlineValue,
+                        Field(description="A parameter value: a string or an integer."),
+                    ],
+                ],
+                Field(
+                    max_length=MAX_PARAMS_PER_ITEM,
+                    description="One task: parameter name -> value.",
+                    json_schema_extra=validations(CEL_PARAM_KEYS),
+                ),
+            ]
+        ]
+        | None
     ) = Field(
         None,
         min_length=1,
         max_length=MAX_INLINE_ITEMS,
+        json_schema_extra=validations(
+            cel(
+                "self.all(i, i.size() == self[0].size() && i.all(k, k in self[0]))",
+                MSG_ITEMS_SAME_KEYS,
+            )
+        ),
         description="Inline list of tasks, each a map of parameter name to value (string or "
         "integer; quote floats and booleans). Every item sets the same names. At most 10000 "
         "items: use manifest for more.",
@@ -344,10 +460,19 @@ class TaskSource(_SpecModel):
     range: RangeSource | None = Field(
         None, description="One task per integer of start..stop (stop exclusive) by step."
     )
-    matrix: dict[ParamName, MatrixAxis] | None = Field(
+    matrix: (
+        dict[
+            ParamName,
+            Annotated[
+                MatrixAxis, Field(description="One axis: exactly one of values, range or files.")
+            ],
+        ]
+        | None
+    ) = Field(
         None,
         min_length=1,
         max_length=MAX_MATRIX_AXES,
+        json_schema_extra=validations(CEL_PARAM_KEYS),
         description="Cartesian product of named axes: one task per combination, the axis name "
         "being the parameter name. Axes are ordered by name (the API server does not keep map "
         "order) and the last axis varies fastest.",
@@ -397,6 +522,12 @@ class TaskSource(_SpecModel):
 class Order(_SpecModel):
     """The order in which tasks are dispatched."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("self.by != 'longestFirst' || has(self.costParam)", MSG_ORDER_COST)
+        )
+    )
+
     by: Literal["index", "longestFirst"] = Field(
         "index",
         description="index: in task index order. longestFirst: highest cost first (by "
@@ -420,6 +551,12 @@ class Order(_SpecModel):
 class Retry(_SpecModel):
     """How failed tasks are retried. Pod disruptions (eviction, node loss) never count."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("self.maxBackoffSeconds >= self.backoffSeconds", MSG_BACKOFF, ".maxBackoffSeconds")
+        )
+    )
+
     limit: int = Field(
         3,
         ge=0,
@@ -436,9 +573,12 @@ class Retry(_SpecModel):
     max_backoff_seconds: int = Field(
         600, ge=0, le=86400, description="Upper bound of the retry delay. Defaults to 600."
     )
-    non_retriable_exit_codes: list[Annotated[int, Field(ge=1, le=255)]] = Field(
+    non_retriable_exit_codes: list[
+        Annotated[int, Field(ge=1, le=255, description="An exit code, 1 to 255.")]
+    ] = Field(
         default_factory=list,
         max_length=MAX_EXIT_CODES,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Exit codes that mean the task can never succeed (bad input): the task "
         "fails at once, without retries.",
     )
@@ -467,6 +607,13 @@ class PodCleanup(_SpecModel):
 
 class Worker(_SpecModel):
     """How the task container runs the command: through the gpubatch worker, or directly."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("self.wrap || !self.shell", MSG_SHELL_NEEDS_WRAP, ".shell"),
+            cel("self.wrap || !self.atomicOutputs", MSG_ATOMIC_NEEDS_WRAP, ".atomicOutputs"),
+        )
+    )
 
     wrap: bool = Field(
         True,
@@ -523,16 +670,16 @@ class Container(_OpenModel):
     """A container, as in a Pod. Only the fields gpubatch reads are described here."""
 
     name: str = Field(min_length=1, max_length=253, description="Container name.")
-    command: list[str] | None = Field(
+    command: list[Annotated[str, Field(description="One argv element.")]] | None = Field(
         None,
         description="Entrypoint argv; in the task container placeholders are substituted per "
         "task. Never run through a shell unless worker.shell is true.",
     )
-    args: list[str] | None = Field(
+    args: list[Annotated[str, Field(description="One argument.")]] | None = Field(
         None,
         description="Arguments; in the task container placeholders are substituted per task.",
     )
-    env: list[EnvVar] | None = Field(
+    env: list[Annotated[EnvVar, Field(description="An environment variable.")]] | None = Field(
         None,
         max_length=MAX_ENV_PER_CONTAINER,
         description="Environment variables. Must not set CUDA_VISIBLE_DEVICES or "
@@ -543,15 +690,30 @@ class Container(_OpenModel):
 class PodSpec(_OpenModel):
     """A Pod spec. Every Pod field is accepted; gpubatch adds the GPU limit, labels and env."""
 
-    containers: list[Container] = Field(
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.containers) && self.containers.size() > 0", MSG_CONTAINERS, ".containers"
+            ),
+            _no_gpu_env_rule("containers"),
+            _no_gpu_env_rule("initContainers"),
+            cel(
+                "!has(self.restartPolicy) || self.restartPolicy == 'Never'",
+                MSG_RESTART_POLICY,
+                ".restartPolicy",
+            ),
+        )
+    )
+
+    containers: list[Annotated[Container, Field(description="A container, as in a Pod.")]] = Field(
         min_length=1,
         max_length=MAX_CONTAINERS,
         description="The containers; the task container is the first, or the one named by "
         "spec.taskContainer.",
     )
-    init_containers: list[Container] | None = Field(
-        None, max_length=MAX_CONTAINERS, description="Init containers, as in a Pod."
-    )
+    init_containers: (
+        list[Annotated[Container, Field(description="An init container, as in a Pod.")]] | None
+    ) = Field(None, max_length=MAX_CONTAINERS, description="Init containers, as in a Pod.")
     restart_policy: str | None = Field(
         None,
         description="Must be Never or unset: gpubatch retries a failed task with a new pod.",
@@ -579,8 +741,12 @@ class PodSpec(_OpenModel):
 class PodTemplateMetadata(_SpecModel):
     """Labels and annotations copied onto every task pod."""
 
-    labels: dict[str, str] | None = Field(None, description="Labels for every task pod.")
-    annotations: dict[str, str] | None = Field(None, description="Annotations for every task pod.")
+    labels: dict[str, Annotated[str, Field(description="Label value.")]] | None = Field(
+        None, description="Labels for every task pod."
+    )
+    annotations: dict[str, Annotated[str, Field(description="Annotation value.")]] | None = Field(
+        None, description="Annotations for every task pod."
+    )
 
 
 class PodTemplate(_SpecModel):
@@ -596,14 +762,44 @@ class PodTemplate(_SpecModel):
 class GPUBatchSpec(_SpecModel):
     """A batch of independent GPU tasks: one pod per task, one GPU per pod (by default)."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.outputRoot) || !has(self.outputs) || self.outputs.all(o, "
+                f"o.startsWith('/') || o.matches('{URL_PATTERN}') || "
+                "(o.startsWith('{') && !o.startsWith('{{')))",
+                MSG_OUTPUT_ABSOLUTE,
+                ".outputs",
+            ),
+            cel(
+                "!has(self.taskContainer) || !has(self.template.spec.containers) || "
+                "self.template.spec.containers.exists(c, c.name == self.taskContainer)",
+                MSG_TASK_CONTAINER,
+                ".taskContainer",
+            ),
+        )
+    )
+
     tasks: TaskSource = Field(
         description="The tasks: exactly one of items, range, matrix, files or manifest. Each "
         "task has an index (0..N-1) and parameters used as {placeholders} in outputs, command, "
         "args and env values."
     )
-    outputs: list[Annotated[str, Field(min_length=1, max_length=MAX_TEMPLATE_LENGTH)]] = Field(
+    outputs: list[
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=MAX_TEMPLATE_LENGTH,
+                description="An output path template.",
+            ),
+        ]
+    ] = Field(
         default_factory=list,
         max_length=MAX_OUTPUTS,
+        json_schema_extra=validations(
+            cel(f"self.all(o, !o.matches('{DOTDOT_PATTERN}'))", MSG_OUTPUT_DOTDOT)
+        ),
         description="Output path templates, e.g. /data/out/{video.stem}_{image.stem}.mp4. A "
         "task whose outputs all exist is skipped, so re-running never redoes finished work. "
         "Templates use {param}, {param.stem|name|parent|suffix}, {index}; the command refers "
@@ -613,6 +809,13 @@ class GPUBatchSpec(_SpecModel):
         None,
         min_length=1,
         max_length=MAX_PATH_LENGTH,
+        json_schema_extra=validations(
+            cel(
+                f"(self.startsWith('/') || self.matches('{URL_PATTERN}')) && "
+                f"!self.matches('{DOTDOT_PATTERN}')",
+                MSG_OUTPUT_ROOT,
+            )
+        ),
         description="Folder or URL prefix (s3://bucket/prefix) that every output must resolve "
         "inside; relative outputs are taken relative to it. A task whose output would escape "
         "it (a .. segment, another folder) is refused.",
@@ -642,12 +845,32 @@ class GPUBatchSpec(_SpecModel):
         DEFAULT_GPU_RESOURCE,
         min_length=1,
         max_length=253,
+        json_schema_extra=validations(
+            cel(
+                "self.matches('" + GPU_RESOURCE_PATTERN.replace("\\", "\\\\") + "') && "
+                "!self.matches('^([^/]*[.])?kubernetes[.]io/')",
+                MSG_GPU_RESOURCE,
+            )
+        ),
         description="Extended resource requested for GPUs, e.g. nvidia.com/mig-1g.10gb for a "
         "MIG slice or another vendor's resource. Defaults to nvidia.com/gpu.",
     )
-    gpu_models: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = Field(
+    gpu_models: (
+        list[
+            Annotated[
+                str,
+                Field(
+                    min_length=1,
+                    max_length=253,
+                    description="A GPU model, as in the gpuModelLabel node label.",
+                ),
+            ]
+        ]
+        | None
+    ) = Field(
         None,
         max_length=MAX_GPU_MODELS,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Acceptable GPU models (values of gpuModelLabel) in order of preference: "
         "task pods run only on these, preferring earlier ones. Unset: any GPU.",
     )

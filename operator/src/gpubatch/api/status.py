@@ -5,15 +5,15 @@ counts, compressed index sets ("0-99,150"), a bounded list of recent failures an
 per-GPU-model histograms: nothing grows with the number of tasks except the index sets, whose
 size grows with the number of *runs* of consecutive indexes.
 
-Every field is declared in the CRD too: the API server silently prunes status fields its schema
-does not declare, and the CRD test keeps the two in step.
+Every field is declared in the CRD too, which is generated from these models: the API server
+silently prunes status fields its schema does not declare.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -28,6 +28,11 @@ CONDITION_MESSAGE_LIMIT: Final = 1024
 HISTOGRAM_BUCKETS: Final = 90
 #: Model name used when a task's GPU model is unknown (no label, no worker report).
 UNKNOWN_GPU_MODEL: Final = "unknown"
+
+
+def list_map(key: str) -> dict[str, Any]:
+    """`json_schema_extra` of a list the API server merges by `key` (server-side apply)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
 
 
 class ConditionType(StrEnum):
@@ -171,7 +176,7 @@ class GpuModelStats(_StatusModel):
     max_seconds: float | None = Field(
         None, ge=0, description="Longest run time of a succeeded task, in seconds."
     )
-    histogram: list[int] = Field(
+    histogram: list[Annotated[int, Field(description="Tasks in this bucket.")]] = Field(
         default_factory=list,
         max_length=HISTOGRAM_BUCKETS,
         description="Counts of succeeded tasks per run-time bucket: bucket 0 is under 1 s, "
@@ -221,16 +226,21 @@ class GPUBatchStatus(_StatusModel):
         "",
         description="Indexes of tasks skipped because their outputs existed, as compressed ranges.",
     )
-    recent_failures: list[TaskFailure] = Field(
+    recent_failures: list[Annotated[TaskFailure, Field(description="One failed attempt.")]] = Field(
         default_factory=list,
         max_length=RECENT_FAILURES_LIMIT,
         description="The most recent failed attempts (at most 20, newest last).",
     )
-    gpu_models: list[GpuModelStats] = Field(
-        default_factory=list, description="Statistics per GPU model, sorted by model."
-    )
-    retries: list[RetryState] = Field(
+    gpu_models: list[
+        Annotated[GpuModelStats, Field(description="Statistics of one GPU model.")]
+    ] = Field(
         default_factory=list,
+        description="Statistics per GPU model, sorted by model.",
+        json_schema_extra=list_map("model"),
+    )
+    retries: list[Annotated[RetryState, Field(description="Retry state of one task.")]] = Field(
+        default_factory=list,
+        json_schema_extra=list_map("index"),
         description="Tasks being retried: attempt numbers and counted failures, so a restarted "
         "operator continues where it stopped. Final tasks leave this list.",
     )
@@ -244,7 +254,8 @@ class GPUBatchStatus(_StatusModel):
     completion_time: datetime | None = Field(
         None, description="When the batch became Complete or Failed."
     )
-    conditions: list[Condition] = Field(
+    conditions: list[Annotated[Condition, Field(description="One condition.")]] = Field(
         default_factory=list,
+        json_schema_extra=list_map("type"),
         description="Progressing, Complete, Failed and Suspended, one entry per type.",
     )

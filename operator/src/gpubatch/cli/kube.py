@@ -18,9 +18,10 @@ import json
 from collections.abc import Iterable
 from typing import Any, Final
 
-from gpubatch.api.names import GROUP, LABEL_BATCH_UID, PLURAL, VERSION
+from gpubatch.api.names import GROUP, PLURAL, VERSION
 from gpubatch.api.status import GPUBatchStatus
 from gpubatch.cli.errors import CliError, Exit
+from gpubatch.core.podspec import task_selector
 
 FIELD_MANAGER: Final = "gpubatch"
 
@@ -121,7 +122,7 @@ class Cluster:
         """The batch's task pods that still exist, as plain dicts (API field names)."""
         with self._errors("listing the batch's pods"):
             listed = self._core.list_namespaced_pod(
-                self.namespace, label_selector=f"{LABEL_BATCH_UID}={uid}"
+                self.namespace, label_selector=task_selector(uid)
             )
         return [self._api_client.sanitize_for_serialization(pod) for pod in listed.items]
 

@@ -21,36 +21,61 @@ import kopf
 
 from gpubatch.api.names import FINALIZER_TRACKING, GROUP, LABEL_BATCH_UID, PLURAL, VERSION
 from gpubatch.controller.metrics import Metrics
-from gpubatch.controller.reconcile import BatchRuntime, Reconciler, pod_selector
+from gpubatch.controller.reconcile import BatchRuntime, Reconciler
 from gpubatch.core.planner import Event, Limits
-from gpubatch.core.podspec import BatchRef
+from gpubatch.core.podspec import BatchRef, task_selector
 from gpubatch.core.podview import PodView, pod_view
 from gpubatch.edges.kube import ApiEndpoint, KubeClient
 
 log = logging.getLogger("gpubatch.handlers")
 
 
+@dataclass(frozen=True)
+class Connection:
+    """The API client and the reconcile that uses it, made once the login handler has run."""
+
+    client: KubeClient
+    reconciler: Reconciler
+
+
 @dataclass
-class OperatorState:
-    """The operator's process-wide objects, created at startup."""
+class Operator:
+    """The operator's process-wide objects: made in `main()` and handed to kopf as the memo
+    (`kopf.operator(memo=...)`), so every handler reaches them through its `memo` argument.
+
+    kopf gives each resource a shallow copy of its memo, so the memo holds this one object
+    (`memo.operator`) and every handler shares it."""
 
     limits: Limits = field(default_factory=Limits)
     api_concurrency: int = 32
     metrics_port: int | None = None
-    endpoint: ApiEndpoint | None = None
-    client: KubeClient | None = None
     metrics: Metrics = field(default_factory=Metrics)
-    reconciler: Reconciler | None = None
     runtimes: dict[str, BatchRuntime] = field(default_factory=dict)
+    connected: Connection | None = None
+
+    def connect(self, endpoint: ApiEndpoint) -> None:
+        """Make the client with the first credentials kopf's login found."""
+        if self.connected is not None:
+            return
+        client = KubeClient(endpoint, concurrency=self.api_concurrency)
+        self.metrics.watch_client(client)
+        self.connected = Connection(client, Reconciler(client, self.metrics, self.limits))
+
+    @property
+    def connection(self) -> Connection:
+        """kopf runs the login handler before any watch, so resource handlers always find a
+        connection; the error is for a handler that somehow runs first (kopf retries it)."""
+        if self.connected is None:
+            raise kopf.TemporaryError("no API credentials yet", delay=1)
+        return self.connected
+
+    def memo(self) -> kopf.Memo:
+        return kopf.Memo(operator=self)
 
 
-STATE = OperatorState()
-
-
-def configure(limits: Limits, api_concurrency: int, metrics_port: int | None) -> None:
-    STATE.limits = limits
-    STATE.api_concurrency = api_concurrency
-    STATE.metrics_port = metrics_port
+def _operator(memo: Any) -> Operator:
+    operator: Operator = memo.operator
+    return operator
 
 
 def _endpoint(info: kopf.ConnectionInfo) -> ApiEndpoint:
@@ -89,16 +114,16 @@ class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
 
 @kopf.on.login(id="login")
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+def login(memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
     """In-cluster service account first, then KUBECONFIG; our client shares the credentials."""
     info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
     if info is not None:
-        STATE.endpoint = _endpoint(info)
+        _operator(memo).connect(_endpoint(info))
     return info
 
 
 @kopf.on.startup(id="startup")
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     prefix = GROUP
     settings.persistence.finalizer = f"{prefix}/cleanup"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
@@ -116,28 +141,20 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # needs neither. A CRD installed after the operator started needs an operator restart.
     settings.scanning.disabled = True
     settings.posting.reporting_component = "gpubatch-operator"
-
-
-def _client() -> KubeClient:
-    if STATE.client is None:
-        if STATE.endpoint is None:
-            raise kopf.TemporaryError("no API credentials yet", delay=1)
-        STATE.client = KubeClient(STATE.endpoint, concurrency=STATE.api_concurrency)
-        STATE.metrics.watch_client(STATE.client)
-        STATE.reconciler = Reconciler(STATE.client, STATE.metrics, STATE.limits)
-        if STATE.metrics_port:
-            STATE.metrics.serve(STATE.metrics_port)
-    return STATE.client
+    operator = _operator(memo)
+    if operator.metrics_port:
+        operator.metrics.serve(operator.metrics_port)
 
 
 @kopf.on.cleanup(id="cleanup")
-async def cleanup(**_: Any) -> None:
-    if STATE.client is not None:
-        await STATE.client.close()
+async def cleanup(memo: Any, **_: Any) -> None:
+    connected = _operator(memo).connected
+    if connected is not None:
+        await connected.client.close()
 
 
 @kopf.index("v1", "pods", id="task_pods", labels={LABEL_BATCH_UID: kopf.PRESENT})
-async def task_pods(body: kopf.Body, **_: Any) -> dict[str, PodView] | None:
+async def task_pods(body: kopf.Body, memo: Any, **_: Any) -> dict[str, PodView] | None:
     """Keep a PodView per task pod, and wake its batch.
 
     Waking from the index handler (instead of a separate event handler) halves kopf's per-event
@@ -148,7 +165,7 @@ async def task_pods(body: kopf.Body, **_: Any) -> dict[str, PodView] | None:
     view = pod_view(dict(body))
     if view is None:
         return None
-    runtime = STATE.runtimes.get(view.batch_uid)
+    runtime = _operator(memo).runtimes.get(view.batch_uid)
     if runtime is not None:
         runtime.wake()
     return {view.batch_uid: view}
@@ -160,17 +177,16 @@ async def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dic
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="wake_on_batch_change")
-async def wake_on_batch_change(uid: str, body: kopf.Body, **_: Any) -> None:
+async def wake_on_batch_change(uid: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     """A spec edit (suspend, parallelism, ...) must act now, not at the next pod event.
 
     Only a new generation wakes the batch: every status write of the loop itself comes back as
     an event, and waking on those doubled the passes (and their API reads of pods and nodes)
     for nothing."""
-    runtime = STATE.runtimes.get(uid)
+    runtime = _operator(memo).runtimes.get(uid)
     if runtime is None:
         return
-    generation = (body.get("metadata") or {}).get("generation")
-    if runtime.loaded is None or runtime.loaded.generation != generation:
+    if runtime.needs_pass_for((body.get("metadata") or {}).get("generation")):
         runtime.wake()
 
 
@@ -181,45 +197,61 @@ async def reconcile(
     namespace: str | None,
     uid: str,
     stopped: kopf.DaemonStopped,
+    memo: Any,
     **kwargs: Any,
 ) -> None:
     # kopf passes each index by its handler id.
     task_pods: kopf.Index[str, PodView] = kwargs["task_pods"]
     node_labels: kopf.Index[str, dict[str, str]] = kwargs["node_labels"]
-    _client()
-    assert STATE.reconciler is not None
-    runtime = STATE.runtimes.setdefault(
+    operator = _operator(memo)
+    reconciler = operator.connection.reconciler
+    runtime = operator.runtimes.setdefault(
         uid, BatchRuntime(ref=BatchRef(name, namespace or "default", uid))
     )
 
-    def pods() -> Iterable[PodView]:
-        return list(task_pods.get(uid, []))
+    try:
+        await reconciler.run(runtime, KopfBatch(uid, body, task_pods, node_labels, stopped))
+    finally:
+        runtime.wakeup.cancel()
+        if body.metadata.get("deletionTimestamp"):
+            operator.runtimes.pop(uid, None)
+            operator.metrics.forget(runtime.ref)
 
-    def labels_of(node: str) -> dict[str, str]:
-        for labels in node_labels.get(node, []):
+
+@dataclass(frozen=True)
+class KopfBatch:
+    """One batch as kopf shows it: its live body, its pods in the pod index, node labels from
+    the node index; its Events go through kopf's poster."""
+
+    uid: str
+    body: kopf.Body
+    task_pods: kopf.Index[str, PodView]
+    node_index: kopf.Index[str, dict[str, str]]
+    stop_flag: kopf.DaemonStopped
+
+    def pods(self) -> Iterable[PodView]:
+        return list(self.task_pods.get(self.uid, []))
+
+    def node_labels(self, node: str) -> dict[str, str]:
+        for labels in self.node_index.get(node, []):
             return labels
         return {}
 
-    def post(event: Event) -> None:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    def post(self, event: Event) -> None:
+        kopf.event(self.body, type=event.type, reason=event.reason, message=event.message)
 
-    try:
-        await STATE.reconciler.run(runtime, body, pods, labels_of, post, lambda: stopped.is_set())
-    finally:
-        if runtime.timer is not None:
-            runtime.timer.cancel()
-        if body.metadata.get("deletionTimestamp"):
-            STATE.runtimes.pop(uid, None)
-            STATE.metrics.forget(runtime.ref)
+    def stopped(self) -> bool:
+        return self.stop_flag.is_set()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="release_pods")
-async def release_pods(namespace: str | None, uid: str, **_: Any) -> None:
+async def release_pods(namespace: str | None, uid: str, memo: Any, **_: Any) -> None:
     """Drop the tracking finalizer from every task pod; garbage collection then removes them."""
-    client = _client()
+    operator = _operator(memo)
+    client = operator.connection.client
     namespace = namespace or "default"
-    for pod in await client.list_pods(namespace, pod_selector(uid)):
+    for pod in await client.list_pods(namespace, task_selector(uid)):
         meta = pod["metadata"]
         if FINALIZER_TRACKING in (meta.get("finalizers") or []):
             await client.remove_pod_finalizer(namespace, meta["name"], FINALIZER_TRACKING)
-    STATE.runtimes.pop(uid, None)
+    operator.runtimes.pop(uid, None)

@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    handlers.configure(
-        Limits(max_pending=args.max_pending, max_creates_per_pass=args.max_creates_per_pass),
+    operator = handlers.Operator(
+        limits=Limits(max_pending=args.max_pending, max_creates_per_pass=args.max_creates_per_pass),
         api_concurrency=args.api_concurrency,
         metrics_port=args.metrics_port or None,
     )
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             liveness_endpoint=args.liveness or None,
+            memo=operator.memo(),
         )
     )
     return 0

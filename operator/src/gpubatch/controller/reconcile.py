@@ -1,8 +1,10 @@
 """One batch's reconcile loop: observe -> plan -> apply, woken by events, never by memory.
 
 Every pass derives the truth from the batch object, the pods in the index and the status this
-loop last wrote; the pure planner (`gpubatch.core.planner`) decides, and `apply` carries the plan
-out in the order that keeps completions and exclusivity safe through any crash (see planner).
+loop last wrote. `observe` gathers it into an `Observation` (the slow parts, expanding tasks
+and scanning outputs, once per spec generation in a worker thread); the pure planner
+(`gpubatch.core.planner`) decides; `apply` carries the plan out in the order that keeps
+completions and exclusivity safe through any crash (see planner).
 
 Why one long-lived loop per batch (a kopf daemon) instead of a handler per event: bursts of pod
 events coalesce into one pass and one status write, and the loop holds the per-batch memory that
@@ -14,16 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from gpubatch.api.names import ANNOTATION_STOP_REASON, FINALIZER_TRACKING, LABEL_BATCH_UID
-from gpubatch.api.status import ConditionType, GPUBatchStatus, Reason
+from gpubatch.api.names import ANNOTATION_STOP_REASON, FINALIZER_TRACKING
+from gpubatch.api.status import GPUBatchStatus
 from gpubatch.controller.metrics import Metrics
-from gpubatch.controller.taskload import LoadedTasks, ScanResult, load_tasks, scan_outputs
-from gpubatch.core.conditions import set_condition
+from gpubatch.controller.taskload import LoadedTasks, load_tasks, scan_outputs
 from gpubatch.core.errors import SpecError, TaskSpecError
 from gpubatch.core.indexset import IndexSet
 from gpubatch.core.planner import (
@@ -34,11 +35,11 @@ from gpubatch.core.planner import (
     Plan,
     TaskAttempt,
     plan,
-    ttl_expired,
+    plan_invalid_spec,
 )
 from gpubatch.core.podspec import BatchRef, render_pod
 from gpubatch.core.podview import PodView
-from gpubatch.edges.kube import ApiError, KubeClient
+from gpubatch.edges.kube import JSON, ApiError
 
 log = logging.getLogger("gpubatch.reconcile")
 
@@ -51,70 +52,156 @@ COALESCE_SECONDS: Final = 0.02
 RETRY_MIN, RETRY_MAX = 0.5, 30.0
 
 
+class KubeApi(Protocol):
+    """The Kubernetes calls the operator makes (`gpubatch.edges.kube.KubeClient` is the real
+    one). 409 on create and 404 on patch/delete mean "already done": the call returns False
+    instead of raising; any other refusal raises `ApiError`."""
+
+    async def create_pod(self, namespace: str, pod: JSON) -> bool: ...
+
+    async def remove_pod_finalizer(self, namespace: str, name: str, finalizer: str) -> bool: ...
+
+    async def annotate_pod(
+        self, namespace: str, name: str, annotations: dict[str, str]
+    ) -> bool: ...
+
+    async def delete_pod(
+        self, namespace: str, name: str, *, grace_seconds: int | None = None
+    ) -> bool: ...
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[JSON]: ...
+
+    async def patch_batch_status(self, namespace: str, name: str, status: JSON) -> None: ...
+
+    async def delete_batch(self, namespace: str, name: str) -> bool: ...
+
+
+class BatchContext(Protocol):
+    """What the loop sees of one batch and its surroundings (kopf's body and indexes in the
+    operator, plain objects in tests), and where its Events go."""
+
+    @property
+    def body(self) -> Mapping[str, Any]:
+        """The batch as last seen (kopf keeps it current)."""
+        ...
+
+    def pods(self) -> Iterable[PodView]:
+        """This batch's task pods, as the pod index holds them."""
+        ...
+
+    def node_labels(self, node: str) -> Mapping[str, str]: ...
+
+    def post(self, event: Event) -> None: ...
+
+    def stopped(self) -> bool:
+        """True once the loop must end (the batch is gone or the operator stops)."""
+        ...
+
+
+@dataclass
+class Wakeup:
+    """Wakes the loop: now (a pod or batch event) or later (a timer the plan asked for)."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    since: float | None = None  # monotonic time of the first unprocessed wake-up
+    timer: asyncio.TimerHandle | None = None
+
+    def now(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+        self.event.set()
+
+    def later(self, seconds: float) -> None:
+        self.cancel()
+        self.timer = asyncio.get_running_loop().call_later(max(0.0, seconds), self.now)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+    async def wait(self) -> float | None:
+        """Wait for a wake-up and a little more (coalescing a burst); when it first came."""
+        await self.event.wait()
+        await asyncio.sleep(COALESCE_SECONDS)
+        self.event.clear()
+        since, self.since = self.since, None
+        return since
+
+
+@dataclass
+class GenerationState:
+    """What the loop knows about one spec generation; replaced whole when the spec changes,
+    so nothing of an old spec (its order, its cursor, a refusal of its pods) outlives it."""
+
+    loaded: LoadedTasks
+    outputs_scanned: bool = False
+    #: Why the API server refused this generation's task pods (InvalidSpec), if it did.
+    refused: str | None = None
+    #: Dispatch-order position before which every task has been attempted.
+    cursor: int = 0
+
+
 @dataclass
 class BatchRuntime:
     """What the operator remembers about one batch between passes (lost on restart, by design:
-    everything here can be rebuilt from the API)."""
+    everything here can be rebuilt from the API).
+
+    Only what a pass cannot derive from the batch and its pods is kept: the status this loop
+    wrote (kopf's copy of the body may lag it), whether that write went through, the expanded
+    tasks of the current generation, tasks found unrenderable, and pods created but not seen
+    in the index yet."""
 
     ref: BatchRef
-    wake_event: asyncio.Event = field(default_factory=asyncio.Event)
+    wakeup: Wakeup = field(default_factory=Wakeup)
     status: GPUBatchStatus | None = None  # the status as this loop last wrote (authoritative)
     #: Whether this loop's last status write went through. Until one has (a fresh loop, or
     #: after a refused write), a pass writes the status before it creates anything.
-    status_writable: bool = False
-    loaded: LoadedTasks | None = None
-    scanned_generation: int | None = None
-    scan: ScanResult | None = None
+    status_confirmed: bool = False
+    current: GenerationState | None = None
     invalid_tasks: dict[int, str] = field(default_factory=dict)
-    api_spec_error: str | None = None
-    cursor: int = 0
-    in_flight: dict[tuple[int, int], float] = field(default_factory=dict)
-    woken_at: float | None = None  # monotonic time of the first unprocessed wake-up
-    timer: asyncio.TimerHandle | None = None
+    in_flight: dict[tuple[int, int], float] = field(default_factory=dict)  # key -> created at
 
     def wake(self) -> None:
-        if self.woken_at is None:
-            self.woken_at = time.monotonic()
-        self.wake_event.set()
+        self.wakeup.now()
 
-    def wake_later(self, seconds: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(max(0.0, seconds), self.wake)
+    def needs_pass_for(self, generation: int | None) -> bool:
+        return self.current is None or self.current.loaded.generation != generation
 
 
-PostEvent = Callable[[Event], None]
-NodeModels = Callable[[str], Mapping[str, str]]
+@dataclass(frozen=True)
+class UnparseableSpec:
+    """What a pass sees when the spec does not even parse: nothing to plan but the error."""
+
+    status: GPUBatchStatus
+    generation: int
+    message: str
+    now: datetime
+
+
+def decide(seen: Observation | UnparseableSpec) -> Plan:
+    """The plan step: pure, the planner's two entry points."""
+    if isinstance(seen, UnparseableSpec):
+        return plan_invalid_spec(seen.status, seen.generation, seen.message, seen.now)
+    return plan(seen)
 
 
 class Reconciler:
     """Runs passes for batches; shared by every batch's loop."""
 
-    def __init__(self, client: KubeClient, metrics: Metrics, limits: Limits) -> None:
+    def __init__(self, client: KubeApi, metrics: Metrics, limits: Limits) -> None:
         self.client = client
         self.metrics = metrics
         self.limits = limits
 
-    async def run(
-        self,
-        runtime: BatchRuntime,
-        body: Mapping[str, Any],
-        pods: Callable[[], Iterable[PodView]],
-        node_models: NodeModels,
-        post_event: PostEvent,
-        stopped: Callable[[], bool],
-    ) -> None:
+    async def run(self, runtime: BatchRuntime, batch: BatchContext) -> None:
         """The loop: wait for a wake-up, coalesce, pass; until the daemon is stopped."""
         runtime.wake()
         backoff = RETRY_MIN
-        while not stopped():
-            await runtime.wake_event.wait()
-            await asyncio.sleep(COALESCE_SECONDS)
-            runtime.wake_event.clear()
-            woken_at, runtime.woken_at = runtime.woken_at, None
+        while not batch.stopped():
+            woken_at = await runtime.wakeup.wait()
             began = time.monotonic()
             try:
-                await self.pass_once(runtime, body, pods, node_models, post_event, woken_at)
+                await self.pass_once(runtime, batch, woken_at)
                 backoff = RETRY_MIN
             except asyncio.CancelledError:
                 raise
@@ -127,129 +214,96 @@ class Reconciler:
                     error,
                     backoff,
                 )
-                runtime.wake_later(backoff)
+                runtime.wakeup.later(backoff)
                 backoff = min(backoff * 2, RETRY_MAX)
             finally:
                 self.metrics.reconcile_seconds.observe(time.monotonic() - began)
 
-    # --------------------------------------------------------------------------- observe
     async def pass_once(
-        self,
-        runtime: BatchRuntime,
-        body: Mapping[str, Any],
-        pods: Callable[[], Iterable[PodView]],
-        node_models: NodeModels,
-        post_event: PostEvent,
-        woken_at: float | None,
+        self, runtime: BatchRuntime, batch: BatchContext, woken_at: float | None = None
     ) -> Plan | None:
-        metadata = body.get("metadata") or {}
-        if metadata.get("deletionTimestamp"):
+        """One pass: observe -> plan -> apply. None when the batch is being deleted."""
+        seen = await self.observe(runtime, batch)
+        if seen is None:
             return None  # the delete handler releases the pods
+        decided = decide(seen)
+        await self.apply(runtime, batch, decided, woken_at)
+        return decided
+
+    # --------------------------------------------------------------------------- observe
+    async def observe(
+        self, runtime: BatchRuntime, batch: BatchContext
+    ) -> Observation | UnparseableSpec | None:
+        """Everything the planner needs, from the batch, the pod index and this loop's memory."""
+        metadata = batch.body.get("metadata") or {}
+        if metadata.get("deletionTimestamp"):
+            return None
         generation = int(metadata.get("generation") or 0)
         if runtime.status is None:
-            runtime.status = GPUBatchStatus.model_validate(body.get("status") or {})
-
-        if runtime.loaded is None or runtime.loaded.generation != generation:
-            runtime.loaded = await asyncio.to_thread(
-                load_tasks, dict(body.get("spec") or {}), generation
-            )
-            runtime.api_spec_error = None
-            runtime.cursor = 0  # a new order (or task list) is walked from its start
-        loaded = runtime.loaded
+            runtime.status = GPUBatchStatus.model_validate(batch.body.get("status") or {})
+        current = await self._load(runtime, batch.body, generation)
+        loaded = current.loaded
         if loaded.spec is None:
-            await self._block_invalid(
-                runtime, generation, loaded.error or "invalid spec", post_event
-            )
-            return None
-
-        status = runtime.status
-        outputs_exist: IndexSet | None = None
-        if loaded.error is None and runtime.scanned_generation != generation:
-            final = (
-                IndexSet.parse(status.succeeded_indexes)
-                .union(IndexSet.parse(status.failed_indexes))
-                .union(IndexSet.parse(status.skipped_indexes))
-            )
-            began = time.monotonic()
-            runtime.scan = await asyncio.to_thread(scan_outputs, loaded, final)
-            self.metrics.scan_seconds.observe(time.monotonic() - began)
-            runtime.scanned_generation = generation
-            runtime.invalid_tasks.update(runtime.scan.invalid)
-            outputs_exist = runtime.scan.complete
-
-        now_mono = time.monotonic()
-        runtime.in_flight = {
-            k: t for k, t in runtime.in_flight.items() if now_mono - t < IN_FLIGHT_TTL
-        }
-        views = list(pods())
-        seen = {v.key for v in views}
-        for key in list(runtime.in_flight):
-            if key in seen:
-                del runtime.in_flight[key]
-        nodes = {v.node for v in views if v.node}
-        models = {}
-        for node in nodes:
-            labels = node_models(node)
-            model = labels.get(loaded.spec.gpu_model_label)
-            if model:
-                models[node] = model
-
-        observation = Observation(
+            message = loaded.error or "invalid spec"
+            return UnparseableSpec(runtime.status, generation, message, datetime.now(UTC))
+        outputs_exist = await self._scan_outputs(runtime, current)
+        views = list(batch.pods())
+        return Observation(
             spec=loaded.spec,
             generation=generation,
             now=datetime.now(UTC),
             total=loaded.total,
-            status=status,
+            status=runtime.status,
             pods=views,
             order=loaded.order or DispatchOrder(0),
-            cursor=runtime.cursor,
-            in_flight=frozenset(runtime.in_flight),
+            cursor=current.cursor,
+            in_flight=_still_in_flight(runtime, views),
             outputs_exist=outputs_exist,
-            node_models=models,
-            spec_error=loaded.error or runtime.api_spec_error,
+            node_models=_node_models(batch, views, loaded.spec.gpu_model_label),
+            spec_error=loaded.error or current.refused,
             invalid_tasks=dict(runtime.invalid_tasks),
             fingerprint=loaded.prepared.tasks.fingerprint if loaded.prepared else None,
             limits=self.limits,
         )
-        decided = plan(observation)
-        await self.apply(runtime, decided, loaded, post_event, woken_at)
-        if runtime.in_flight:
-            decided.wake_in = min(decided.wake_in or IN_FLIGHT_TTL, IN_FLIGHT_TTL)
-        if decided.wake_in is not None:
-            runtime.wake_later(decided.wake_in + 0.05)
-        if decided.finished and ttl_expired(
-            decided.status, loaded.spec.ttl_seconds_after_finished, observation.now
-        ):
-            await self.client.delete_batch(runtime.ref.namespace, runtime.ref.name)
-        self.metrics.observe_status(runtime.ref, decided.status)
-        return decided
 
-    async def _block_invalid(
-        self, runtime: BatchRuntime, generation: int, message: str, post_event: PostEvent
-    ) -> None:
-        """A spec that does not even parse: Failed/InvalidSpec and an Event, nothing else."""
+    async def _load(
+        self, runtime: BatchRuntime, body: Mapping[str, Any], generation: int
+    ) -> GenerationState:
+        """Expand the tasks once per spec generation (a new generation starts afresh)."""
+        if runtime.current is None or runtime.current.loaded.generation != generation:
+            spec = dict(body.get("spec") or {})
+            loaded = await asyncio.to_thread(load_tasks, spec, generation)
+            runtime.current = GenerationState(loaded)
+        return runtime.current
+
+    async def _scan_outputs(
+        self, runtime: BatchRuntime, current: GenerationState
+    ) -> IndexSet | None:
+        """Once per generation: the tasks whose outputs all exist already (None: not now)."""
+        if current.outputs_scanned or current.loaded.error is not None:
+            return None
         status = runtime.status or GPUBatchStatus()
-        new = status.model_copy(deep=True)
-        now = datetime.now(UTC)
-        invalid = Reason.INVALID_SPEC
-        changed = set_condition(
-            new, ConditionType.FAILED, "True", invalid, message, now, generation
+        final = (
+            IndexSet.parse(status.succeeded_indexes)
+            .union(IndexSet.parse(status.failed_indexes))
+            .union(IndexSet.parse(status.skipped_indexes))
         )
-        set_condition(new, ConditionType.PROGRESSING, "False", invalid, message, now, generation)
-        new.observed_generation = generation
-        await self._write_status(runtime, new)
-        if changed:
-            post_event(Event("Warning", invalid, message[:1024]))
+        began = time.monotonic()
+        scan = await asyncio.to_thread(scan_outputs, current.loaded, final)
+        self.metrics.scan_seconds.observe(time.monotonic() - began)
+        current.outputs_scanned = True
+        runtime.invalid_tasks.update(scan.invalid)
+        return scan.complete
 
     # --------------------------------------------------------------------------- apply
     async def apply(
         self,
         runtime: BatchRuntime,
+        batch: BatchContext,
         decided: Plan,
-        loaded: LoadedTasks,
-        post_event: PostEvent,
-        woken_at: float | None,
+        woken_at: float | None = None,
     ) -> None:
+        """Carry out a plan: status, pods, Events, the batch's own deletion, the next timer."""
         # Two chains run at once. Creating the next attempts depends on nothing this pass
         # writes: names are deterministic (a repeated create is a harmless 409) and a restart
         # rebuilds the truth from pods and status, so a finished task's replacement waits for
@@ -260,34 +314,17 @@ class Reconciler:
         # the API server refuses) must not start tasks, or it would run the batch blind. Until
         # this loop has written a status once (a fresh loop, or after a refused write), the
         # write goes first and gates the creates.
-        if not runtime.status_writable:
+        if not runtime.status_confirmed:
             await self._write_status(runtime, decided.status)
         # The cursor moves only now: had an earlier pass failed before its creates, the tasks
         # it passed over would never be created (a failed create resets it to 0).
-        runtime.cursor = decided.cursor
-        manifests = self._render(runtime, decided.create, loaded)
-
-        async def record_then_release() -> None:
-            await self._write_status(runtime, decided.status)
-            await _gather(
-                [
-                    *(
-                        self.client.remove_pod_finalizer(p.namespace, p.name, FINALIZER_TRACKING)
-                        for p in decided.release
-                    ),
-                    *(self._stop(p, reason) for p, reason in decided.stop),
-                    # Finished pods' containers have exited: no grace period to wait for.
-                    *(
-                        self.client.delete_pod(p.namespace, p.name, grace_seconds=0)
-                        for p in decided.delete
-                    ),
-                ]
-            )
-
+        if runtime.current is not None:
+            runtime.current.cursor = decided.cursor
+        manifests = self._render(runtime, decided.create)
         await _gather(
             [
                 *(self._create_one(runtime, attempt, pod) for attempt, pod in manifests),
-                record_then_release(),
+                self._record_then_release(runtime, decided),
             ]
         )
         if manifests:
@@ -295,7 +332,35 @@ class Reconciler:
             if woken_at is not None and decided.release:
                 self.metrics.reaction_seconds.observe(time.monotonic() - woken_at)
         for event in decided.events:
-            post_event(event)
+            batch.post(event)
+        if decided.delete_batch:
+            await self.client.delete_batch(runtime.ref.namespace, runtime.ref.name)
+        self._set_timer(runtime, decided)
+        self.metrics.observe_status(runtime.ref, decided.status)
+
+    async def _record_then_release(self, runtime: BatchRuntime, decided: Plan) -> None:
+        await self._write_status(runtime, decided.status)
+        await _gather(
+            [
+                *(
+                    self.client.remove_pod_finalizer(p.namespace, p.name, FINALIZER_TRACKING)
+                    for p in decided.release
+                ),
+                *(self._stop(p, reason) for p, reason in decided.stop),
+                # Finished pods' containers have exited: no grace period to wait for.
+                *(
+                    self.client.delete_pod(p.namespace, p.name, grace_seconds=0)
+                    for p in decided.delete
+                ),
+            ]
+        )
+
+    def _set_timer(self, runtime: BatchRuntime, decided: Plan) -> None:
+        wake_in = decided.wake_in
+        if runtime.in_flight:  # look again for pods whose create may have been lost
+            wake_in = min(wake_in or IN_FLIGHT_TTL, IN_FLIGHT_TTL)
+        if wake_in is not None:
+            runtime.wakeup.later(wake_in + 0.05)
 
     async def _write_status(self, runtime: BatchRuntime, status: GPUBatchStatus) -> None:
         if runtime.status is not None and _dump(status) == _dump(runtime.status):
@@ -304,11 +369,11 @@ class Reconciler:
         try:
             await self.client.patch_batch_status(ref.namespace, ref.name, _dump(status))
         except BaseException:
-            runtime.status_writable = False
+            runtime.status_confirmed = False
             raise
         self.metrics.status_writes.inc()
         runtime.status = status
-        runtime.status_writable = True
+        runtime.status_confirmed = True
 
     async def _stop(self, pod: PodView, reason: str) -> None:
         if await self.client.annotate_pod(
@@ -317,14 +382,14 @@ class Reconciler:
             await self.client.delete_pod(pod.namespace, pod.name)
 
     def _render(
-        self, runtime: BatchRuntime, attempts: list[TaskAttempt], loaded: LoadedTasks
+        self, runtime: BatchRuntime, attempts: list[TaskAttempt]
     ) -> list[tuple[TaskAttempt, dict[str, Any]]]:
         """Task pods for the planned attempts, each marked in flight; a task that cannot be
         rendered is set aside alone, a spec that cannot be rendered at all stops the creates."""
-        if not attempts:
-            return []
-        prepared = loaded.prepared
-        assert prepared is not None
+        current = runtime.current
+        if current is None or current.loaded.prepared is None or not attempts:
+            return []  # (a plan creates only for a spec that prepared)
+        prepared = current.loaded.prepared
         manifests: list[tuple[TaskAttempt, dict[str, Any]]] = []
         for attempt in attempts:
             try:
@@ -336,8 +401,8 @@ class Reconciler:
                 runtime.invalid_tasks[attempt.index] = str(error)
                 runtime.wake()
             except SpecError as error:
-                runtime.api_spec_error = str(error)
-                runtime.cursor = 0  # the tasks passed over in this pass were never created
+                current.refused = str(error)
+                current.cursor = 0  # the tasks passed over in this pass were never created
                 runtime.wake()
                 return []
         now = time.monotonic()
@@ -352,22 +417,48 @@ class Reconciler:
             await self.client.create_pod(runtime.ref.namespace, pod)
         except Exception as error:
             runtime.in_flight.pop((attempt.index, attempt.attempt), None)
-            # The cursor already moved past this task; walk again from the start (attempted
-            # tasks are skipped by their status or pods, so nothing runs twice).
-            runtime.cursor = 0
-            if not isinstance(error, ApiError):
+            current = runtime.current
+            if current is not None:
+                # The cursor already moved past this task; walk again from the start
+                # (attempted tasks are skipped by their status or pods: nothing runs twice).
+                current.cursor = 0
+            if not isinstance(error, ApiError) or not _refuses_every_pod(error):
                 raise
-            if error.status in (400, 422) or (
-                error.status == 403 and "exceeded quota" not in error.message
-            ):
-                # The API server refuses this pod as rendered (an invalid template field,
-                # a Pod Security violation): every task would fail the same way.
-                runtime.api_spec_error = (
+            if current is not None:
+                current.refused = (
                     f"the API server refused the task pod: {error.message}; fix spec.template"
                 )
-                runtime.wake()
-                return
-            raise
+            runtime.wake()
+
+
+def _refuses_every_pod(error: ApiError) -> bool:
+    """The API server refuses this pod as rendered (an invalid template field, a Pod Security
+    violation): every task would fail the same way. An exceeded quota is not that."""
+    return error.status in (400, 422) or (
+        error.status == 403 and "exceeded quota" not in error.message
+    )
+
+
+def _still_in_flight(runtime: BatchRuntime, views: Iterable[PodView]) -> frozenset[tuple[int, int]]:
+    """Forget created pods that the index now shows, or that never showed up in time."""
+    now = time.monotonic()
+    seen = {v.key for v in views}
+    runtime.in_flight = {
+        key: created
+        for key, created in runtime.in_flight.items()
+        if key not in seen and now - created < IN_FLIGHT_TTL
+    }
+    return frozenset(runtime.in_flight)
+
+
+def _node_models(batch: BatchContext, views: Iterable[PodView], label: str) -> dict[str, str]:
+    """The GPU model of each node that runs one of the pods, from its node label."""
+    models = {}
+    for node in {v.node for v in views if v.node}:
+        model = batch.node_labels(node).get(label)
+        if model:
+            models[node] = model
+    return models
 
 
 def _dump(status: GPUBatchStatus) -> dict[str, Any]:
@@ -383,8 +474,11 @@ async def _gather(calls: Iterable[Awaitable[Any]]) -> None:
             raise result
 
 
-__all__ = ["BatchRuntime", "Reconciler", "pod_selector"]
-
-
-def pod_selector(uid: str) -> str:
-    return f"{LABEL_BATCH_UID}={uid}"
+__all__ = [
+    "BatchContext",
+    "BatchRuntime",
+    "KubeApi",
+    "Reconciler",
+    "UnparseableSpec",
+    "decide",
+]

@@ -231,10 +231,6 @@ class IndexSet:
             result.discard_range(start, stop)
         return result
 
-    def complement(self, total: int) -> IndexSet:
-        """Indexes in range(0, total) not in this set: e.g. the tasks not yet finished."""
-        return IndexSet.interval(0, total).difference(self)
-
     __or__ = union
     __and__ = intersection
     __sub__ = difference

@@ -12,8 +12,24 @@ applies the result in a fixed order that keeps two promises through any crash:
    created; pod names are deterministic, so a create repeated after a crash is a harmless 409.
 
 Recording is idempotent, keyed by (task index, attempt): an attempt is recorded once its task is
-final or its task's `retries[].attempts` has moved past it. So a pass that crashes after writing
-status but before releasing finalizers is simply repeated.
+final or its task's `retries[].attempts` has moved past it (`Ledger.recorded`). So a pass that
+crashes after writing status but before releasing finalizers is simply repeated.
+
+`plan()` is a fixed sequence of named steps over one `_Pass` state, in this order (each step may
+rely on the ones before it):
+
+1. `check_runnable`: an invalid spec or a changed task list blocks dispatch.
+2. `fail_invalid_tasks`: tasks that cannot be rendered fail alone.
+3. `record_outcomes`: every terminal pod's outcome into the ledger; tracked ones are released.
+4. `skip_existing_outputs`: tasks whose outputs exist are skipped before any pod starts.
+5. `enforce_task_deadlines`: running attempts past the task deadline are stopped.
+6. `decide_batch_end`: failed (blocked, too many failed tasks, deadline) or complete.
+7. `dispatch`: retries whose backoff is over, then fresh tasks in dispatch order, in budget.
+8. `clean_up`: finished, recorded pods are deleted unless podCleanup keeps them.
+9. `write_counts`, `set_conditions`, `settle`: the status, its conditions and Events, the
+   completion time, the TTL and the next timer.
+
+A spec that does not parse has no tasks to plan: `plan_invalid_spec` decides that case.
 """
 
 from __future__ import annotations
@@ -35,10 +51,16 @@ from gpubatch.api.status import (
     TaskCounts,
     TaskFailure,
 )
-from gpubatch.core.conditions import set_condition
+from gpubatch.core.conditions import condition_is, set_condition
 from gpubatch.core.gpustats import record_failure, record_success
 from gpubatch.core.indexset import IndexSet
-from gpubatch.core.outcome import STOP_BATCH_ENDED, STOP_TASK_DEADLINE, Verdict, classify
+from gpubatch.core.outcome import (
+    STOP_BATCH_ENDED,
+    STOP_TASK_DEADLINE,
+    AttemptOutcome,
+    Verdict,
+    classify,
+)
 from gpubatch.core.podview import PodView
 
 #: Operator-wide defaults a batch may override.
@@ -131,393 +153,511 @@ class Plan:
     wake_in: float | None = None  # seconds until a timer (backoff, deadline) needs a pass
     cursor: int = 0
     finished: bool = False
+    delete_batch: bool = False  # finished and past ttlSecondsAfterFinished
 
 
 def _since(now: datetime, then: datetime | None) -> float:
     return 0.0 if then is None else (now - then).total_seconds()
 
 
-def _has_condition(status: GPUBatchStatus, type_: ConditionType, value: str = "True") -> bool:
-    return any(c.type == type_ and c.status == value for c in status.conditions)
+@dataclass
+class Ledger:
+    """The outcomes a status records: final tasks by kind, and retry state of the others.
+
+    The one definition of "is this attempt's outcome recorded?": a pod may lose its tracking
+    finalizer, be deleted, or be followed by a new attempt only once it is."""
+
+    succeeded: IndexSet
+    failed: IndexSet
+    skipped: IndexSet
+    retries: dict[int, RetryState]
+
+    @classmethod
+    def of(cls, status: GPUBatchStatus) -> Ledger:
+        return cls(
+            succeeded=IndexSet.parse(status.succeeded_indexes),
+            failed=IndexSet.parse(status.failed_indexes),
+            skipped=IndexSet.parse(status.skipped_indexes),
+            retries={r.index: r for r in status.retries},
+        )
+
+    def final(self, index: int) -> bool:
+        return index in self.succeeded or index in self.failed or index in self.skipped
+
+    def recorded(self, pod: PodView) -> bool:
+        """Is this attempt's outcome in the ledger (its task final, or retries moved past it)?"""
+        state = self.retries.get(pod.index)
+        return self.final(pod.index) or (state is not None and state.attempts > pod.attempt)
+
+    def finish(self, kind: IndexSet, index: int) -> None:
+        kind.add(index)
+        self.retries.pop(index, None)
+
+    @property
+    def finished(self) -> int:
+        return len(self.succeeded) + len(self.failed) + len(self.skipped)
+
+    def write(self, status: GPUBatchStatus) -> None:
+        status.succeeded_indexes = self.succeeded.format()
+        status.failed_indexes = self.failed.format()
+        status.skipped_indexes = self.skipped.format()
+        status.retries = [self.retries[i] for i in sorted(self.retries) if not self.final(i)]
+
+
+@dataclass
+class _Pass:
+    """The state one `plan()` call threads through its steps."""
+
+    obs: Observation
+    status: GPUBatchStatus  # the new status, built up step by step
+    ledger: Ledger
+    out: Plan
+    pods_by_task: dict[int, list[PodView]]
+    active: list[PodView]  # pods not terminal
+    in_flight: list[tuple[int, int]]  # created by an earlier pass, not yet seen
+    first_failure: bool  # no counted failure yet: the next one is announced
+    wakes: list[float] = field(default_factory=list)
+    blocked: tuple[str, str] | None = None  # invalid spec or changed task list
+    failure: tuple[str, str] | None = None  # why the batch ended badly, if it did
+    complete: bool = False
+
+    @classmethod
+    def start(cls, obs: Observation) -> _Pass:
+        status = obs.status.model_copy(deep=True)
+        ledger = Ledger.of(status)
+        pods_by_task: dict[int, list[PodView]] = {}
+        for pod in sorted(obs.pods, key=lambda p: p.key):
+            pods_by_task.setdefault(pod.index, []).append(pod)
+        seen = {p.key for p in obs.pods}
+        return cls(
+            obs=obs,
+            status=status,
+            ledger=ledger,
+            out=Plan(status=status, cursor=obs.cursor),
+            pods_by_task=pods_by_task,
+            active=[p for p in obs.pods if not p.terminal],
+            in_flight=[key for key in obs.in_flight if key not in seen],
+            # Counted failures only: recentFailures also lists disruptions, which are not.
+            first_failure=len(ledger.failed) == 0 and not any(m.failed for m in status.gpu_models),
+        )
+
+    @property
+    def in_flight_tasks(self) -> set[int]:
+        return {key[0] for key in self.in_flight}
+
+    def set_condition(self, type_: ConditionType, value: str, reason: str, message: str) -> bool:
+        obs = self.obs
+        return set_condition(self.status, type_, value, reason, message, obs.now, obs.generation)
+
+    def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.out.events.append(Event(type_, reason, message[:1024]))
 
 
 def plan(obs: Observation) -> Plan:
-    spec, now = obs.spec, obs.now
-    status = obs.status.model_copy(deep=True)
-    out = Plan(status=status, cursor=obs.cursor)
-    wakes: list[float] = []
+    """One pass, as the sequence of named steps the module docstring lists."""
+    step = _Pass.start(obs)
+    check_runnable(step)
+    fail_invalid_tasks(step)
+    record_outcomes(step)
+    skip_existing_outputs(step)
+    enforce_task_deadlines(step)
+    decide_batch_end(step)
+    dispatch(step)
+    clean_up(step)
+    write_counts(step)
+    set_conditions(step)
+    settle(step)
+    return step.out
 
-    succeeded = IndexSet.parse(status.succeeded_indexes)
-    failed = IndexSet.parse(status.failed_indexes)
-    skipped = IndexSet.parse(status.skipped_indexes)
-    retries: dict[int, RetryState] = {r.index: r for r in status.retries}
 
-    def final(index: int) -> bool:
-        return index in succeeded or index in failed or index in skipped
+def plan_invalid_spec(status: GPUBatchStatus, generation: int, message: str, now: datetime) -> Plan:
+    """A spec that does not even parse: Failed/InvalidSpec and an Event, nothing else.
 
-    def recorded(pod: PodView) -> bool:
-        state = retries.get(pod.index)
-        return final(pod.index) or (state is not None and state.attempts > pod.attempt)
+    Nothing about tasks can be known, so counts and the other conditions stay as they were."""
+    new = status.model_copy(deep=True)
+    out = Plan(status=new)
+    invalid = Reason.INVALID_SPEC
+    if set_condition(new, ConditionType.FAILED, "True", invalid, message, now, generation):
+        out.events.append(Event("Warning", invalid, message[:1024]))
+    set_condition(new, ConditionType.PROGRESSING, "False", invalid, message, now, generation)
+    new.observed_generation = generation
+    return out
 
-    # Counted failures only: recentFailures also lists disruptions, which are not failures.
-    first_failure = len(failed) == 0 and not any(m.failed for m in status.gpu_models)
 
-    # 1. Is the batch runnable at all? An invalid spec or a changed task list stops dispatch.
-    blocked: tuple[str, str] | None = None
+# ------------------------------------------------------------------------------ the steps
+def check_runnable(step: _Pass) -> None:
+    """An invalid spec or a task list that changed under a running batch blocks dispatch."""
+    obs, status = step.obs, step.status
     if obs.spec_error is not None:
-        blocked = (Reason.INVALID_SPEC, obs.spec_error)
-    elif (
-        obs.fingerprint is not None
-        and status.tasks_fingerprint is not None
-        and status.tasks_fingerprint != obs.fingerprint
-    ):
-        blocked = (
+        step.blocked = (Reason.INVALID_SPEC, obs.spec_error)
+    elif obs.fingerprint is None:
+        return
+    elif status.tasks_fingerprint is None:
+        status.tasks_fingerprint = obs.fingerprint
+    elif status.tasks_fingerprint != obs.fingerprint:
+        step.blocked = (
             Reason.TASK_LIST_CHANGED,
             "the task list changed while the batch ran (files added or removed, manifest "
             "edited, or spec.tasks changed), so task indexes no longer mean the same tasks; "
             "restore it, or create a new GPUBatch for the new list",
         )
-    elif obs.fingerprint is not None:
-        status.tasks_fingerprint = obs.fingerprint
 
-    # 2. Tasks that cannot be rendered (e.g. a manifest value escaping outputRoot) fail alone.
-    for index, problem in sorted(obs.invalid_tasks.items()):
-        if not final(index):
-            failed.add(index)
-            retries.pop(index, None)
-            _add_failure(
-                status,
-                TaskFailure(
-                    index=index,
-                    attempt=0,
-                    reason="InvalidTask",
-                    message=problem[-FAILURE_MESSAGE_LIMIT:],
-                    time=now,
-                ),
-            )
 
-    # 3. Record every terminal pod not yet recorded; release those that are.
-    pods_by_task: dict[int, list[PodView]] = {}
-    for pod in sorted(obs.pods, key=lambda p: p.key):
-        pods_by_task.setdefault(pod.index, []).append(pod)
-    for pod in sorted(obs.pods, key=lambda p: p.key):
-        if not pod.terminal:
+def fail_invalid_tasks(step: _Pass) -> None:
+    """Tasks that cannot be rendered (a manifest value escaping outputRoot) fail alone."""
+    ledger = step.ledger
+    for index, problem in sorted(step.obs.invalid_tasks.items()):
+        if ledger.final(index):
             continue
-        if not recorded(pod):
-            state = retries.get(pod.index)
-            verdict = classify(
-                pod,
-                retry=spec.retry,
-                failures_before=state.failures if state else 0,
-                node_model=obs.node_models.get(pod.node or ""),
-            )
-            model = verdict.gpu_model or UNKNOWN_GPU_MODEL
-            if verdict.verdict is Verdict.SUCCEEDED:
-                succeeded.add(pod.index)
-                retries.pop(pod.index, None)
-                record_success(status, model, verdict.duration_seconds)
-            elif verdict.verdict is Verdict.SKIPPED:
-                skipped.add(pod.index)
-                retries.pop(pod.index, None)
-            elif verdict.verdict is Verdict.FAILED:
-                failed.add(pod.index)
-                retries.pop(pod.index, None)
-                record_failure(status, model)
-            elif verdict.verdict is Verdict.STOPPED:
-                retries[pod.index] = RetryState(
-                    index=pod.index,
-                    attempts=pod.attempt + 1,
-                    failures=state.failures if state else 0,
-                    not_before=None,
-                )
-            else:  # RETRY
-                if verdict.counted:
-                    record_failure(status, model)
-                retries[pod.index] = RetryState(
-                    index=pod.index,
-                    attempts=pod.attempt + 1,
-                    failures=(state.failures if state else 0) + (1 if verdict.counted else 0),
-                    not_before=now + timedelta(seconds=verdict.delay_seconds)
-                    if verdict.delay_seconds
-                    else None,
-                )
-            if verdict.verdict not in (Verdict.SUCCEEDED, Verdict.SKIPPED, Verdict.STOPPED):
-                _add_failure(
-                    status,
-                    TaskFailure(
-                        index=pod.index,
-                        attempt=pod.attempt,
-                        exit_code=verdict.exit_code,
-                        reason=verdict.reason[:128],
-                        message=verdict.message[-FAILURE_MESSAGE_LIMIT:],
-                        node=pod.node,
-                        gpu_model=verdict.gpu_model,
-                        time=now,
-                    ),
-                )
-                if first_failure and verdict.counted:
-                    first_failure = False
-                    out.events.append(
-                        Event(
-                            "Warning",
-                            "TaskFailed",
-                            f"task {pod.index} attempt {pod.attempt} failed: "
-                            f"{verdict.reason}: {verdict.message}"[:1024],
-                        )
-                    )
-        if pod.tracked:
-            out.release.append(pod)
-
-    # 4. Outputs found by the bulk scan: those tasks are done before any pod starts.
-    seen = {p.key for p in obs.pods}
-    in_flight = [key for key in obs.in_flight if key not in seen]
-    in_flight_tasks = {key[0] for key in in_flight}
-    if obs.outputs_exist is not None and blocked is None:
-        for index in obs.outputs_exist:
-            if not (
-                final(index)
-                or index in pods_by_task
-                or index in retries
-                or index in in_flight_tasks
-            ):
-                skipped.add(index)
-
-    # 5. Active attempts: enforce the task deadline.
-    active = [p for p in obs.pods if not p.terminal]
-    for pod in active:
-        if spec.task_deadline_seconds is None or pod.deleting or pod.started_at is None:
-            continue
-        if pod.phase != "Running":
-            continue
-        left = spec.task_deadline_seconds - (now.timestamp() - pod.started_at)
-        if left <= 0:
-            out.stop.append((pod, STOP_TASK_DEADLINE))
-        else:
-            wakes.append(left)
-
-    # 6. Batch-level failure: too many failed tasks, or the batch deadline.
-    if status.start_time is None and (obs.pods or in_flight):
-        status.start_time = now
-    failure: tuple[str, str] | None = blocked
-    if (
-        failure is None
-        and spec.max_failed_tasks is not None
-        and len(failed) > spec.max_failed_tasks
-    ):
-        failure = (
-            Reason.TOO_MANY_FAILED_TASKS,
-            f"{len(failed)} tasks failed, more than maxFailedTasks "
-            f"({spec.max_failed_tasks}); see recentFailures",
+        ledger.finish(ledger.failed, index)
+        _add_failure(
+            step.status,
+            TaskFailure(
+                index=index,
+                attempt=0,
+                reason="InvalidTask",
+                message=problem[-FAILURE_MESSAGE_LIMIT:],
+                time=step.obs.now,
+            ),
         )
-    if failure is None and spec.active_deadline_seconds is not None and status.start_time:
-        left = spec.active_deadline_seconds - _since(now, status.start_time)
+
+
+def record_outcomes(step: _Pass) -> None:
+    """Record every terminal pod not yet recorded; release every tracked one (now recorded)."""
+    for pods in step.pods_by_task.values():
+        for pod in pods:
+            if not pod.terminal:
+                continue
+            if not step.ledger.recorded(pod):
+                _record(step, pod)
+            if pod.tracked:
+                step.out.release.append(pod)
+
+
+def _record(step: _Pass, pod: PodView) -> None:
+    obs, status, ledger = step.obs, step.status, step.ledger
+    state = ledger.retries.get(pod.index)
+    failures = state.failures if state else 0
+    verdict = classify(
+        pod,
+        retry=obs.spec.retry,
+        failures_before=failures,
+        node_model=obs.node_models.get(pod.node or ""),
+    )
+    model = verdict.gpu_model or UNKNOWN_GPU_MODEL
+    if verdict.verdict is Verdict.SUCCEEDED:
+        ledger.finish(ledger.succeeded, pod.index)
+        record_success(status, model, verdict.duration_seconds)
+        return
+    if verdict.verdict is Verdict.SKIPPED:
+        ledger.finish(ledger.skipped, pod.index)
+        return
+    if verdict.verdict is Verdict.STOPPED:
+        ledger.retries[pod.index] = RetryState(
+            index=pod.index, attempts=pod.attempt + 1, failures=failures, not_before=None
+        )
+        return
+    if verdict.verdict is Verdict.FAILED:
+        ledger.finish(ledger.failed, pod.index)
+        record_failure(status, model)
+    else:  # RETRY
+        if verdict.counted:
+            record_failure(status, model)
+        delay = verdict.delay_seconds
+        ledger.retries[pod.index] = RetryState(
+            index=pod.index,
+            attempts=pod.attempt + 1,
+            failures=failures + (1 if verdict.counted else 0),
+            not_before=obs.now + timedelta(seconds=delay) if delay else None,
+        )
+    _note_failure(step, pod, verdict)
+
+
+def _note_failure(step: _Pass, pod: PodView, verdict: AttemptOutcome) -> None:
+    """A failed or retried attempt goes into recentFailures; the batch's first counted
+    failure is also announced as an Event."""
+    _add_failure(
+        step.status,
+        TaskFailure(
+            index=pod.index,
+            attempt=pod.attempt,
+            exit_code=verdict.exit_code,
+            reason=verdict.reason[:128],
+            message=verdict.message[-FAILURE_MESSAGE_LIMIT:],
+            node=pod.node,
+            gpu_model=verdict.gpu_model,
+            time=step.obs.now,
+        ),
+    )
+    if step.first_failure and verdict.counted:
+        step.first_failure = False
+        step.event(
+            "Warning",
+            "TaskFailed",
+            f"task {pod.index} attempt {pod.attempt} failed: {verdict.reason}: {verdict.message}",
+        )
+
+
+def skip_existing_outputs(step: _Pass) -> None:
+    """Tasks whose outputs the bulk scan found are done before any pod of theirs starts."""
+    found = step.obs.outputs_exist
+    if found is None or step.blocked is not None:
+        return
+    ledger, in_flight = step.ledger, step.in_flight_tasks
+    for index in found:
+        if not (
+            ledger.final(index)
+            or index in step.pods_by_task
+            or index in ledger.retries
+            or index in in_flight
+        ):
+            ledger.skipped.add(index)
+
+
+def enforce_task_deadlines(step: _Pass) -> None:
+    """Stop running attempts past spec.taskDeadlineSeconds; wake when the next one is due."""
+    deadline = step.obs.spec.task_deadline_seconds
+    if deadline is None:
+        return
+    now = step.obs.now.timestamp()
+    for pod in step.active:
+        if not pod.running or pod.started_at is None:
+            continue
+        left = deadline - (now - pod.started_at)
         if left <= 0:
-            failure = (
-                Reason.DEADLINE_EXCEEDED,
-                f"the batch ran longer than activeDeadlineSeconds ({spec.active_deadline_seconds})",
-            )
+            step.out.stop.append((pod, STOP_TASK_DEADLINE))
         else:
-            wakes.append(left)
-    already_failed = _has_condition(obs.status, ConditionType.FAILED)
-    if already_failed and failure is None:
+            step.wakes.append(left)
+
+
+def decide_batch_end(step: _Pass) -> None:
+    """Has the batch failed (blocked, too many failed tasks, its deadline) or completed?
+    A batch that ended badly stops its running attempts."""
+    obs, status = step.obs, step.status
+    if status.start_time is None and (obs.pods or step.in_flight):
+        status.start_time = obs.now
+    step.failure = step.blocked or _too_many_failed(step) or _past_batch_deadline(step)
+    if condition_is(obs.status, ConditionType.FAILED) and step.failure is None:
         # A Failed batch stays Failed unless it was blocked (an invalid spec, a changed task
         # list) and the block is gone: the spec was fixed, or the task list restored.
         previous = next(c for c in obs.status.conditions if c.type == ConditionType.FAILED)
         if previous.reason not in (Reason.INVALID_SPEC, Reason.TASK_LIST_CHANGED):
-            failure = (previous.reason, previous.message)
+            step.failure = (previous.reason, previous.message)
+    step.complete = step.failure is None and step.ledger.finished >= obs.total
+    if step.failure is None:
+        return
+    for pod in step.active:
+        if not pod.deleting and (pod, STOP_TASK_DEADLINE) not in step.out.stop:
+            step.out.stop.append((pod, STOP_BATCH_ENDED))
 
-    complete = failure is None and len(succeeded) + len(failed) + len(skipped) >= obs.total
 
-    if failure is not None:
-        for pod in active:
-            if not pod.deleting and (pod, STOP_TASK_DEADLINE) not in out.stop:
-                out.stop.append((pod, STOP_BATCH_ENDED))
+def _too_many_failed(step: _Pass) -> tuple[str, str] | None:
+    limit, failed = step.obs.spec.max_failed_tasks, len(step.ledger.failed)
+    if limit is None or failed <= limit:
+        return None
+    return (
+        Reason.TOO_MANY_FAILED_TASKS,
+        f"{failed} tasks failed, more than maxFailedTasks ({limit}); see recentFailures",
+    )
 
-    # 7. Dispatch: retries whose backoff is over first, then fresh tasks in dispatch order.
-    suspended = spec.suspend
-    if failure is None and not complete and not suspended:
-        busy = {p.index for p in active} | in_flight_tasks
-        # Earlier attempts that are terminal but not yet recorded also block a new attempt.
-        busy |= {p.index for p in obs.pods if p.terminal and not recorded(p)}
-        unscheduled = sum(1 for p in active if not p.scheduled) + len(in_flight)
-        running_or_waiting = len(active) + len(in_flight)
-        budget = obs.limits.max_creates_per_pass
-        max_pending = spec.max_pending or obs.limits.max_pending
-        budget = min(budget, max_pending - unscheduled)
-        if spec.parallelism is not None:
-            budget = min(budget, spec.parallelism - running_or_waiting)
-        for index in sorted(retries):
-            if budget <= 0:
-                break
-            state = retries[index]
-            if index in busy or final(index):
-                continue
-            if state.not_before is not None and state.not_before > now:
-                wakes.append((state.not_before - now).total_seconds())
-                continue
-            out.create.append(TaskAttempt(index, state.attempts))
-            busy.add(index)
-            budget -= 1
 
-        def taken(index: int) -> bool:
-            return final(index) or index in busy or index in retries or index in pods_by_task
+def _past_batch_deadline(step: _Pass) -> tuple[str, str] | None:
+    deadline, started = step.obs.spec.active_deadline_seconds, step.status.start_time
+    if deadline is None or not started:
+        return None
+    left = deadline - _since(step.obs.now, started)
+    if left > 0:
+        step.wakes.append(left)
+        return None
+    return (
+        Reason.DEADLINE_EXCEEDED,
+        f"the batch ran longer than activeDeadlineSeconds ({deadline})",
+    )
 
-        if budget > 0:
-            for position, index in obs.order.fresh(out.cursor, taken):
-                if budget <= 0:
-                    break
-                out.create.append(TaskAttempt(index, 0))
-                busy.add(index)
-                budget -= 1
-                out.cursor = position + 1
-            else:
-                out.cursor = len(obs.order)
-        if out.create and status.start_time is None:
-            status.start_time = now
-            if spec.active_deadline_seconds is not None:  # the first pass arms the deadline
-                wakes.append(float(spec.active_deadline_seconds))
-        if out.create and not obs.pods and not obs.status.start_time:
-            out.events.append(Event("Normal", "Started", f"dispatching {obs.total} tasks"))
 
-    # 8. Cleanup of finished, released pods (level-triggered: also pods released earlier).
-    for pod in obs.pods:
-        if (
-            not pod.terminal
-            or pod.deleting
-            or not recorded_after(pod, succeeded, failed, skipped, retries)
-        ):
+def dispatch(step: _Pass) -> None:
+    """Create attempts within the budget: retries whose backoff is over first, then fresh
+    tasks in dispatch order. Nothing starts in a batch that ended, completed or is suspended."""
+    obs, status = step.obs, step.status
+    if step.failure is not None or step.complete or obs.spec.suspend:
+        return
+    busy = {p.index for p in step.active} | step.in_flight_tasks
+    # Earlier attempts that are terminal but not yet recorded also block a new attempt.
+    busy |= {p.index for p in obs.pods if p.terminal and not step.ledger.recorded(p)}
+    budget = _dispatch_budget(step)
+    budget = _dispatch_retries(step, busy, budget)
+    if budget > 0:
+        _dispatch_fresh(step, busy, budget)
+    if not step.out.create:
+        return
+    if status.start_time is None:
+        status.start_time = obs.now
+        if obs.spec.active_deadline_seconds is not None:  # the first pass arms the deadline
+            step.wakes.append(float(obs.spec.active_deadline_seconds))
+    if not obs.pods and not obs.status.start_time:
+        step.event("Normal", "Started", f"dispatching {obs.total} tasks")
+
+
+def _dispatch_budget(step: _Pass) -> int:
+    """How many pods this pass may create: the per-pass cap, the pending cap, parallelism."""
+    obs = step.obs
+    unscheduled = sum(1 for p in step.active if not p.scheduled) + len(step.in_flight)
+    max_pending = obs.spec.max_pending or obs.limits.max_pending
+    budget = min(obs.limits.max_creates_per_pass, max_pending - unscheduled)
+    if obs.spec.parallelism is not None:
+        budget = min(budget, obs.spec.parallelism - len(step.active) - len(step.in_flight))
+    return budget
+
+
+def _dispatch_retries(step: _Pass, busy: set[int], budget: int) -> int:
+    """Next attempts of retried tasks whose backoff is over; returns the budget left."""
+    ledger, now = step.ledger, step.obs.now
+    for index in sorted(ledger.retries):
+        if budget <= 0:
+            break
+        state = ledger.retries[index]
+        if index in busy or ledger.final(index):
             continue
-        good = pod.index in succeeded or pod.index in skipped
-        keep = spec.pod_cleanup.succeeded == "Keep" if good else spec.pod_cleanup.failed == "Keep"
-        if not keep:
-            out.delete.append(pod)
+        if state.not_before is not None and state.not_before > now:
+            step.wakes.append((state.not_before - now).total_seconds())
+            continue
+        step.out.create.append(TaskAttempt(index, state.attempts))
+        busy.add(index)
+        budget -= 1
+    return budget
 
-    # 9. Counts, conditions, completion.
-    running = sum(1 for p in active if p.phase == "Running" and not p.deleting)
-    status.succeeded_indexes = succeeded.format()
-    status.failed_indexes = failed.format()
-    status.skipped_indexes = skipped.format()
-    status.retries = [retries[i] for i in sorted(retries) if not final(i)]
-    finished_count = len(succeeded) + len(failed) + len(skipped)
+
+def _dispatch_fresh(step: _Pass, busy: set[int], budget: int) -> None:
+    """First attempts of untouched tasks, walking the dispatch order from the cursor."""
+    ledger, out = step.ledger, step.out
+
+    def taken(index: int) -> bool:
+        return (
+            ledger.final(index)
+            or index in busy
+            or index in ledger.retries
+            or index in step.pods_by_task
+        )
+
+    for position, index in step.obs.order.fresh(out.cursor, taken):
+        if budget <= 0:
+            return
+        out.create.append(TaskAttempt(index, 0))
+        busy.add(index)
+        budget -= 1
+        out.cursor = position + 1
+    out.cursor = len(step.obs.order)
+
+
+def clean_up(step: _Pass) -> None:
+    """Delete finished pods whose outcome is recorded, unless spec.podCleanup keeps them
+    (level-triggered: pods released by earlier passes too)."""
+    ledger, cleanup = step.ledger, step.obs.spec.pod_cleanup
+    for pod in step.obs.pods:
+        if not pod.terminal or pod.deleting or not ledger.recorded(pod):
+            continue
+        good = pod.index in ledger.succeeded or pod.index in ledger.skipped
+        keep = cleanup.succeeded == "Keep" if good else cleanup.failed == "Keep"
+        if not keep:
+            step.out.delete.append(pod)
+
+
+def write_counts(step: _Pass) -> None:
+    """Index sets, retries, counts and progress into the new status."""
+    obs, status, ledger = step.obs, step.status, step.ledger
+    ledger.write(status)
+    running = sum(1 for p in step.active if p.running)
     status.counts = TaskCounts(
         total=obs.total,
         running=running,
-        pending=max(0, obs.total - finished_count - running),
-        succeeded=len(succeeded),
-        failed=len(failed),
-        skipped=len(skipped),
+        pending=max(0, obs.total - ledger.finished - running),
+        succeeded=len(ledger.succeeded),
+        failed=len(ledger.failed),
+        skipped=len(ledger.skipped),
     )
     status.progress = status.counts.progress()
     status.observed_generation = obs.generation
 
-    if failure is not None:
-        reason, message = failure
-        if set_condition(
-            status, ConditionType.FAILED, "True", reason, message, now, obs.generation
-        ):
-            out.events.append(Event("Warning", str(reason), message[:1024]))
-        set_condition(
-            status, ConditionType.PROGRESSING, "False", reason, message, now, obs.generation
-        )
-        set_condition(status, ConditionType.COMPLETE, "False", reason, message, now, obs.generation)
-    else:
-        set_condition(
-            status, ConditionType.FAILED, "False", Reason.DISPATCHING, "", now, obs.generation
-        )
-        if complete:
-            summary = (
-                f"{len(succeeded)} succeeded, {len(failed)} failed, "
-                f"{len(skipped)} skipped of {obs.total} tasks"
-            )
-            if set_condition(
-                status,
-                ConditionType.COMPLETE,
-                "True",
-                Reason.ALL_TASKS_FINISHED,
-                summary,
-                now,
-                obs.generation,
-            ):
-                out.events.append(Event("Normal", "Completed", summary))
-            set_condition(
-                status,
-                ConditionType.PROGRESSING,
-                "False",
-                Reason.ALL_TASKS_FINISHED,
-                summary,
-                now,
-                obs.generation,
-            )
-        else:
-            set_condition(
-                status, ConditionType.COMPLETE, "False", Reason.DISPATCHING, "", now, obs.generation
-            )
-            if suspended:
-                set_condition(
-                    status,
-                    ConditionType.PROGRESSING,
-                    "False",
-                    Reason.SUSPENDED,
-                    "spec.suspend is true: no new tasks start; running tasks finish",
-                    now,
-                    obs.generation,
-                )
-            else:
-                set_condition(
-                    status,
-                    ConditionType.PROGRESSING,
-                    "True",
-                    Reason.DISPATCHING,
-                    status.progress + " tasks finished",
-                    now,
-                    obs.generation,
-                )
-    if suspended:
-        if set_condition(
-            status,
-            ConditionType.SUSPENDED,
-            "True",
-            Reason.SUSPENDED,
-            "spec.suspend is true",
-            now,
-            obs.generation,
-        ):
-            out.events.append(Event("Normal", "Suspended", "dispatching stopped (spec.suspend)"))
-    elif _has_condition(status, ConditionType.SUSPENDED) and set_condition(
-        status, ConditionType.SUSPENDED, "False", Reason.RESUMED, "", now, obs.generation
-    ):
-        out.events.append(Event("Normal", "Resumed", "dispatching resumed"))
 
-    out.finished = failure is not None or complete
+def set_conditions(step: _Pass) -> None:
+    """Failed, Complete, Progressing and Suspended, with an Event on each change worth one."""
+    if step.failure is not None:
+        reason, message = step.failure
+        if step.set_condition(ConditionType.FAILED, "True", reason, message):
+            step.event("Warning", str(reason), message)
+        step.set_condition(ConditionType.PROGRESSING, "False", reason, message)
+        step.set_condition(ConditionType.COMPLETE, "False", reason, message)
+    else:
+        step.set_condition(ConditionType.FAILED, "False", Reason.DISPATCHING, "")
+        if step.complete:
+            _set_complete(step)
+        else:
+            _set_progressing(step)
+    _set_suspended(step)
+
+
+def _set_complete(step: _Pass) -> None:
+    ledger = step.ledger
+    summary = (
+        f"{len(ledger.succeeded)} succeeded, {len(ledger.failed)} failed, "
+        f"{len(ledger.skipped)} skipped of {step.obs.total} tasks"
+    )
+    if step.set_condition(ConditionType.COMPLETE, "True", Reason.ALL_TASKS_FINISHED, summary):
+        step.event("Normal", "Completed", summary)
+    step.set_condition(ConditionType.PROGRESSING, "False", Reason.ALL_TASKS_FINISHED, summary)
+
+
+def _set_progressing(step: _Pass) -> None:
+    step.set_condition(ConditionType.COMPLETE, "False", Reason.DISPATCHING, "")
+    if step.obs.spec.suspend:
+        step.set_condition(
+            ConditionType.PROGRESSING,
+            "False",
+            Reason.SUSPENDED,
+            "spec.suspend is true: no new tasks start; running tasks finish",
+        )
+    else:
+        step.set_condition(
+            ConditionType.PROGRESSING,
+            "True",
+            Reason.DISPATCHING,
+            step.status.progress + " tasks finished",
+        )
+
+
+def _set_suspended(step: _Pass) -> None:
+    if step.obs.spec.suspend:
+        if step.set_condition(
+            ConditionType.SUSPENDED, "True", Reason.SUSPENDED, "spec.suspend is true"
+        ):
+            step.event("Normal", "Suspended", "dispatching stopped (spec.suspend)")
+    elif condition_is(step.status, ConditionType.SUSPENDED) and step.set_condition(
+        ConditionType.SUSPENDED, "False", Reason.RESUMED, ""
+    ):
+        step.event("Normal", "Resumed", "dispatching resumed")
+
+
+def settle(step: _Pass) -> None:
+    """Finished or not, the completion time, the TTL (delete the batch, or wake for it) and
+    the earliest timer a later pass needs."""
+    obs, status, out = step.obs, step.status, step.out
+    out.finished = step.failure is not None or step.complete
     if not out.finished:
         status.completion_time = None  # running again after a block was lifted
-    elif status.completion_time is None and not active and not in_flight:
-        status.completion_time = now
-    if out.finished and spec.ttl_seconds_after_finished is not None and status.completion_time:
-        wakes.append(spec.ttl_seconds_after_finished - _since(now, status.completion_time))
-    out.wake_in = max(0.0, min(wakes)) if wakes else None
-    return out
-
-
-def recorded_after(
-    pod: PodView,
-    succeeded: IndexSet,
-    failed: IndexSet,
-    skipped: IndexSet,
-    retries: Mapping[int, RetryState],
-) -> bool:
-    """Is this pod's outcome in the (new) status? Only then may it lose its finalizer or go."""
-    if pod.index in succeeded or pod.index in failed or pod.index in skipped:
-        return True
-    state = retries.get(pod.index)
-    return state is not None and state.attempts > pod.attempt
+    elif status.completion_time is None and not step.active and not step.in_flight:
+        status.completion_time = obs.now
+    ttl = obs.spec.ttl_seconds_after_finished
+    if out.finished and ttl is not None and status.completion_time:
+        out.delete_batch = _ttl_expired(status, ttl, obs.now)
+        step.wakes.append(ttl - _since(obs.now, status.completion_time))
+    out.wake_in = max(0.0, min(step.wakes)) if step.wakes else None
 
 
 def _add_failure(status: GPUBatchStatus, failure: TaskFailure) -> None:
     status.recent_failures = [*status.recent_failures, failure][-RECENT_FAILURES_LIMIT:]
 
 
-def ttl_expired(status: GPUBatchStatus, ttl_seconds: int | None, now: datetime) -> bool:
+def _ttl_expired(status: GPUBatchStatus, ttl_seconds: int | None, now: datetime) -> bool:
     """True when a finished batch has outlived ttlSecondsAfterFinished."""
     if ttl_seconds is None or status.completion_time is None:
         return False
@@ -527,10 +667,11 @@ def ttl_expired(status: GPUBatchStatus, ttl_seconds: int | None, now: datetime) 
 __all__ = [
     "DispatchOrder",
     "Event",
+    "Ledger",
     "Limits",
     "Observation",
     "Plan",
     "TaskAttempt",
     "plan",
-    "ttl_expired",
+    "plan_invalid_spec",
 ]

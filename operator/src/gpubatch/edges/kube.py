@@ -235,15 +235,6 @@ class KubeClient:
         )
         return list((body or {}).get("items", []))
 
-    async def get_node(self, name: str) -> JSON | None:
-        try:
-            _, body = await self.request("GET", f"/api/v1/nodes/{quote(name)}")
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
-        return body
-
     # ------------------------------------------------------------------------------- batches
     async def patch_batch_status(self, namespace: str, name: str, status: JSON) -> None:
         """Merge-patch the status subresource."""

@@ -1,18 +1,19 @@
-"""Builders and observers for GPUBatch integration tests."""
+"""GPUBatches on the test bed: a builder, operations and waits in one namespace, and a pod
+monitor that records invariant violations as they happen (integration tests and benchmarks)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from integration.kube import wait_for
-from integration.podwatch import PodEvents
+from gpubatch.api.names import FINALIZER_TRACKING, GROUP, LABEL_TASK_INDEX, PLURAL, VERSION
+from support.podwatch import PodEvents
+from support.waiting import wait_for
 from testbed import Testbed
-
-GROUP, VERSION, PLURAL = "gpubatch.io", "v1alpha1", "gpubatches"
 
 
 def batch(
@@ -84,17 +85,45 @@ class Batches:
                 return cond
         return None
 
-    def wait_condition(self, name: str, type_: str, *, timeout: float = 120) -> dict[str, Any]:
-        def met() -> dict[str, Any] | None:
-            cond = self.condition(name, type_)
-            return cond if cond and cond["status"] == "True" else None
+    def wait_until(
+        self, name: str, test: Callable[[dict[str, Any]], bool], what: str, timeout: float
+    ) -> dict[str, Any]:
+        """Poll the batch until `test(batch object)` holds; return that object."""
+
+        def passed() -> dict[str, Any] | None:
+            obj = self.get(name)
+            return dict(obj) if test(obj) else None
 
         return wait_for(
-            met,
-            timeout=timeout,
-            interval=0.25,
-            what=f"{type_}=True on GPUBatch {self.namespace}/{name}",
+            passed, timeout=timeout, interval=0.25, what=f"{what} on {self.namespace}/{name}"
         )
+
+    def wait_condition(self, name: str, type_: str, *, timeout: float = 120) -> dict[str, Any]:
+        """Wait until condition `type_` is True; return the condition."""
+        obj = self.wait_until(name, lambda obj: _is_true(obj, type_), f"{type_}=True", timeout)
+        return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+    def wait_finished(self, name: str, *, timeout: float = 120) -> dict[str, Any]:
+        """Wait until the batch is Complete or Failed; return the whole object."""
+        return self.wait_until(
+            name,
+            lambda obj: _is_true(obj, "Complete") or _is_true(obj, "Failed"),
+            "Complete or Failed",
+            timeout,
+        )
+
+    def wait_observed(self, name: str, *, timeout: float = 60) -> dict[str, Any]:
+        """Wait until the operator has written a status for the batch's current generation
+        (a pass ran on the spec as it is now); return that status."""
+        obj = self.wait_until(
+            name,
+            lambda obj: (
+                (obj.get("status") or {}).get("observedGeneration") == obj["metadata"]["generation"]
+            ),
+            "observedGeneration = generation",
+            timeout,
+        )
+        return dict(obj["status"])
 
     def pods(self) -> list[Any]:
         return self.core.list_namespaced_pod(self.namespace).items
@@ -105,6 +134,11 @@ class Batches:
         except ApiException as error:
             return error.status == 404
         return False
+
+
+def _is_true(obj: dict[str, Any], type_: str) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c["type"] == type_ and c["status"] == "True" for c in conditions)
 
 
 class PodMonitor:
@@ -145,12 +179,12 @@ class PodMonitor:
         metadata = pod["metadata"]
         name = metadata["name"]
         labels = metadata.get("labels") or {}
-        if "gpubatch.io/task-index" not in labels:
+        if LABEL_TASK_INDEX not in labels:
             return
         if name not in self.created:
             self.created.add(name)
             self.created_order.append(name)
-        task = int(labels["gpubatch.io/task-index"])
+        task = int(labels[LABEL_TASK_INDEX])
         phase = (pod.get("status") or {}).get("phase")
         self._forget(name)
         if kind != "DELETED" and phase not in ("Succeeded", "Failed"):
@@ -171,5 +205,5 @@ def pods_with_finalizer(batches: Batches) -> list[str]:
     return [
         p.metadata.name
         for p in batches.pods()
-        if "gpubatch.io/task-tracking" in (p.metadata.finalizers or [])
+        if FINALIZER_TRACKING in (p.metadata.finalizers or [])
     ]

@@ -1,0 +1,1 @@
+"""Helpers shared by the test tiers (fake client, integration, benchmarks): one place each."""
