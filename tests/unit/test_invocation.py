@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from builders import BATCH, BATCH_UID, NAMESPACE, a_spec
 
 from gpubatch.core.invocation import task_invocation
 from gpubatch.core.podspec import WORKER_COMMAND, BatchRef, render_pod
 from gpubatch.core.prepare import prepare_batch
+from support.builders import BATCH, BATCH_UID, NAMESPACE, a_spec
 
 pytestmark = pytest.mark.unit
 

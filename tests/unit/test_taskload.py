@@ -11,7 +11,7 @@ from s3_standin import S3StandIn, bucket, s3_server
 
 from gpubatch.controller.taskload import load_tasks
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.process
 __all__ = ["bucket", "s3_server"]  # fixtures used by name below
 
 

@@ -26,7 +26,7 @@ from gpubatch.core.partial import partial_paths
 from gpubatch.worker.run import StopRequest
 from gpubatch.worker.warm import SetReport, WarmWorker, run_set
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.process
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "warm" / "simulated_model.py"
