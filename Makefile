@@ -51,6 +51,10 @@ lock-check: $(UV) ## fail when pyproject.toml and uv.lock disagree
 testbin: ## build (once, cached by version) etcd, kube-*, kubectl, kwok, helm from Go modules
 	@bash tests/testbed/testbin.sh
 
+.PHONY: realnode-packages
+realnode-packages: ## Debian packages a real test-bed node needs (containerd, runc, CNI, buildah, ...; root)
+	@bash tests/testbed/realnode/packages.sh
+
 # --- checks and tests ------------------------------------------------------------------------
 .PHONY: lint
 lint: venv lock-check ## lock in step with pyproject, ruff, mypy --strict, import layering
@@ -66,9 +70,13 @@ unit: venv ## fast tests of pure logic
 integration: venv testbin ## tests against the real control plane test bed
 	$(PYTEST) -m integration -q
 
+.PHONY: realnode
+realnode: venv testbin realnode-packages ## tests on a real node: real containers from locally built images (root)
+	$(PYTEST) -m realnode -q
+
 .PHONY: test
-test: venv testbin lint ## everything CI runs: lint, unit, integration and benchmark-smoke tests
-	$(PYTEST) -m "unit or integration or bench" -q
+test: venv testbin lint realnode-packages ## everything CI runs: lint, unit, integration, real-node and benchmark-smoke tests
+	$(PYTEST) -m "unit or integration or bench or realnode" -q
 
 # --- benchmarks and chaos (results: tests/bench/results/, quoted in BENCHMARKS.md) ----------
 .PHONY: bench
@@ -92,9 +100,11 @@ e2e-kind: venv ## the user's path on a kind cluster with real images (needs Dock
 	bash tests/e2e/kind_e2e.sh
 
 # --- the test bed for people -----------------------------------------------------------------
+# REAL_NODE=1 adds one real node (containerd + kubelet on this machine, real containers; root).
+REAL_NODE ?=
 .PHONY: testbed-up
-testbed-up: venv-runtime testbin ## start the local control plane with fake GPU nodes (prints export KUBECONFIG=...)
-	@PYTHONPATH=tests $(PY) -m testbed up
+testbed-up: venv-runtime testbin $(if $(REAL_NODE),realnode-packages) ## start the local control plane with fake GPU nodes (REAL_NODE=1: and a real one; prints export KUBECONFIG=...)
+	@PYTHONPATH=tests $(PY) -m testbed up $(if $(REAL_NODE),--real-node)
 
 .PHONY: testbed-down
 testbed-down: venv-runtime ## stop the local test bed

@@ -9,6 +9,7 @@ import pytest
 
 from integration.operator_process import OperatorProcess
 from testbed import Testbed
+from testbed.realnode.node import RealNode, unavailable_reason
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "gpubatches.gpubatch.io.yaml"
@@ -63,3 +64,19 @@ def running_operator(operator: OperatorProcess) -> OperatorProcess:
     if not operator.alive():
         operator.start()
     return operator
+
+
+@pytest.fixture(scope="session")
+def real_node(testbed: Testbed) -> Iterator[RealNode]:
+    """One real node (containerd + kubelet here) beside the kwok nodes, for `realnode` tests.
+
+    Skipped only where this machine cannot run containers at all (not root); anywhere else a
+    node that does not start FAILS the tests that need it."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"real node unavailable: {reason}")
+    node = testbed.start_real_node()
+    print(f"\n[realnode] {node.name} up (images: {[i.ref for i in node.images.all()]})")
+    yield node
+    problems = node.stop()
+    assert not problems, f"the real node left the host changed: {problems}"

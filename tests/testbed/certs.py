@@ -29,6 +29,8 @@ class CertPaths:
     serving_key: Path
     admin_cert: Path
     admin_key: Path
+    kubelet_client_cert: Path
+    kubelet_client_key: Path
     sa_key: Path
     sa_pub: Path
 
@@ -127,6 +129,10 @@ def generate(folder: Path) -> CertPaths:
 
     serving_cert, serving_key = leaf("kube-apiserver", None, server=True)
     admin_cert, admin_key = leaf("testbed-admin", "system:masters", server=False)
+    # The API server's identity towards kubelets (logs, exec, port-forward on a real node).
+    kubelet_client, kubelet_client_key = leaf(
+        "kube-apiserver-kubelet-client", "system:masters", server=False
+    )
     sa_key = _key()
 
     paths = CertPaths(
@@ -136,6 +142,8 @@ def generate(folder: Path) -> CertPaths:
         serving_key=folder / "apiserver.key",
         admin_cert=folder / "admin.crt",
         admin_key=folder / "admin.key",
+        kubelet_client_cert=folder / "apiserver-kubelet-client.crt",
+        kubelet_client_key=folder / "apiserver-kubelet-client.key",
         sa_key=folder / "sa.key",
         sa_pub=folder / "sa.pub",
     )
@@ -146,6 +154,8 @@ def generate(folder: Path) -> CertPaths:
     _write_key(serving_key, paths.serving_key)
     paths.admin_cert.write_bytes(admin_cert.public_bytes(pem))
     _write_key(admin_key, paths.admin_key)
+    paths.kubelet_client_cert.write_bytes(kubelet_client.public_bytes(pem))
+    _write_key(kubelet_client_key, paths.kubelet_client_key)
     _write_key(sa_key, paths.sa_key)
     paths.sa_pub.write_bytes(
         sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -1,0 +1,385 @@
+"""A real node in the test bed: containerd and a kubelet on this machine, joined with a node
+certificate from the test bed's CA, running real containers from locally built images.
+
+Everything lives in one state folder except what the kubelet and containerd change machine-wide
+(see hoststate.py); that is recorded before start and put back by `stop()`. Only one real node can
+run per machine: the bridge, the `/kubepods` cgroups and a few fixed paths are shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from testbed import certs
+from testbed.nodes import GPU_MODEL_LABEL, GPU_RESOURCE
+from testbed.processes import Component, StartError, free_port, wait_until
+from testbed.realnode.hoststate import BRIDGE, CGROUP_ROOT, HostState
+from testbed.realnode.images import BuiltImage, NodeImages
+
+if TYPE_CHECKING:
+    from testbed.controlplane import Testbed
+
+REAL_NODE_MODEL = "Testbed-Real-Node"
+REAL_POOL_LABEL = "gpubatch.io/testbed-pool"
+REAL_NODE_TAINT = "gpubatch.io/real-node"
+POD_SUBNET = "10.244.250.0/24"
+# The only way a caller can know the kubelet's pods are gone: nothing left in these cgroups.
+POD_CGROUP = "kubepods"
+
+
+def unavailable_reason() -> str | None:
+    """Why this machine cannot run containers at all (then real-node tests skip), or None."""
+    if os.geteuid() != 0:
+        return "a real node needs root (containerd, runc, cgroups, mounts)"
+    if not CGROUP_ROOT.is_dir():
+        return "no cgroup filesystem at /sys/fs/cgroup"
+    return None
+
+
+@dataclass
+class RealNode:
+    """containerd + kubelet as test-bed components; `start()`/`stop()` may be called again."""
+
+    testbed: Testbed
+    images: NodeImages
+    gpus: int = 4
+    model: str = REAL_NODE_MODEL
+    name: str = field(default_factory=lambda: socket.gethostname().lower())
+    components: dict[str, Component] = field(default_factory=dict)
+    host_before: HostState | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.testbed.workdir / "realnode"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.folder / "containerd" / "containerd.sock"
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def start(self) -> float:
+        """Record the host, start containerd, load images, start the kubelet, patch in GPUs."""
+        began = time.monotonic()
+        if self.host_before is None:
+            self.host_before = HostState.capture()
+        try:
+            self._write_configs()
+            self._start("containerd", self._containerd_ready)
+            self._import_images()
+            self._start("kubelet", self._node_ready)
+            self._advertise_gpus()
+        except BaseException:
+            self.stop()
+            raise
+        return time.monotonic() - began
+
+    def stop(self) -> list[str]:
+        """Stop the kubelet, then every pod process, then containerd and its shims, and put the
+        host back. Returns what differs from before start (empty when all was undone)."""
+        kubelet, containerd = self.components.get("kubelet"), self.components.get("containerd")
+        if kubelet is not None:
+            kubelet.stop(grace=15)
+        _kill_cgroup(POD_CGROUP)
+        if containerd is not None:
+            containerd.stop(grace=20)
+        _kill_shims(self.socket_path)
+        problems: list[str] = []
+        if self.host_before is not None:
+            problems = self.host_before.restore()
+        return problems
+
+    def _start(self, name: str, ready: Any) -> None:
+        component = self.components[name]
+        component.start()
+        wait_until(ready, timeout=120, what=f"{name} to be ready", component=component)
+
+    # ----------------------------------------------------------------------------- state file
+    def to_state(self) -> dict[str, Any]:
+        """What `testbed down` needs to stop a detached node and put the host back."""
+        return {
+            "name": self.name,
+            "gpus": self.gpus,
+            "model": self.model,
+            "ports": self.ports,
+            "images": {k: [v.ref, str(v.archive)] for k, v in self.images.as_dict().items()},
+            "pids": {name: comp.pid for name, comp in self.components.items()},
+            "host_before": self.host_before.to_json() if self.host_before else None,
+        }
+
+    @classmethod
+    def from_state(cls, testbed: Testbed, state: dict[str, Any]) -> RealNode:
+        node = cls(
+            testbed=testbed,
+            images=NodeImages.from_dict(
+                {k: BuiltImage(ref, Path(archive)) for k, (ref, archive) in state["images"].items()}
+            ),
+            gpus=state["gpus"],
+            model=state["model"],
+            name=state["name"],
+            ports=state["ports"],
+            host_before=HostState.from_json(state["host_before"]) if state["host_before"] else None,
+        )
+        node._write_configs()
+        for name, pid in state["pids"].items():
+            node.components[name].pid = pid
+        return node
+
+    # ----------------------------------------------------------------------------- configs
+    def _write_configs(self) -> None:
+        f = self.folder
+        for sub in ("containerd", "cni/net.d", "cni/ipam", "kubelet", "logs", "pod-logs"):
+            (f / sub).mkdir(parents=True, exist_ok=True)
+        self.ports.setdefault("kubelet", free_port())
+        self.ports.setdefault("kubelet-healthz", free_port())
+        (f / "containerd" / "config.toml").write_text(self._containerd_config())
+        (f / "cni" / "net.d" / "10-gpubatch.conflist").write_text(json.dumps(_cni_config(f)))
+        client = certs.client_certificate(
+            self.testbed.certs, f, f"system:node:{self.name}", ("system:nodes",)
+        )
+        certs.write_kubeconfig(
+            f / "kubeconfig",
+            self.testbed.server,
+            self.testbed.certs,
+            user=f"system:node:{self.name}",
+            client=client,
+        )
+        (f / "kubelet-config.yaml").write_text(yaml.safe_dump(self._kubelet_config()))
+        tied = self.testbed.tied
+        self.components["containerd"] = Component(
+            name="containerd",
+            argv=["containerd", f"--config={f / 'containerd' / 'config.toml'}"],
+            log_path=f / "logs" / "containerd.log",
+            tied=tied,
+        )
+        self.components["kubelet"] = Component(
+            name="kubelet",
+            argv=[
+                str(self.testbed.bin_dir / "kubelet"),
+                f"--config={f / 'kubelet-config.yaml'}",
+                f"--kubeconfig={f / 'kubeconfig'}",
+                f"--root-dir={f / 'kubelet'}",
+                f"--cert-dir={f / 'kubelet' / 'pki'}",
+                f"--hostname-override={self.name}",
+                f"--node-labels={GPU_MODEL_LABEL}={self.model},{REAL_POOL_LABEL}=real,"
+                f"nvidia.com/gpu.count={self.gpus}",
+                # Only pods that ask for real containers land here, never a kwok-simulated one.
+                f"--register-with-taints={REAL_NODE_TAINT}=true:NoSchedule",
+                "--v=1",
+            ],
+            log_path=f / "logs" / "kubelet.log",
+            tied=tied,
+        )
+
+    def _containerd_config(self) -> str:
+        f = self.folder / "containerd"
+        cri = {
+            "sandbox_image": self.images.pause.ref,
+            # This machine (a VM) drops CAP_SYS_RESOURCE from every bounding set, so runc cannot
+            # lower the pause container's OOM score to the -998 the CRI asks for and every
+            # sandbox fails; clamping at containerd's own score is harmless where it could.
+            "restrict_oom_score_adj": True,
+            "stream_server_address": "127.0.0.1",
+            "stream_server_port": "0",
+            "enable_selinux": False,
+            "containerd": {
+                "snapshotter": "overlayfs",
+                "default_runtime_name": "runc",
+                "runtimes": {
+                    "runc": {
+                        "runtime_type": "io.containerd.runc.v2",
+                        "options": {"SystemdCgroup": False},
+                    }
+                },
+            },
+            "cni": {"bin_dir": "/usr/lib/cni", "conf_dir": str(self.folder / "cni" / "net.d")},
+        }
+        config = {
+            "version": 2,
+            "root": str(f / "root"),
+            "state": str(f / "state"),
+            "grpc": {"address": str(self.socket_path)},
+            "ttrpc": {"address": str(f / "containerd.sock.ttrpc")},
+            "debug": {"address": ""},
+            "metrics": {"address": ""},
+            "disabled_plugins": [
+                "io.containerd.internal.v1.opt",
+                "io.containerd.snapshotter.v1.aufs",
+                "io.containerd.snapshotter.v1.btrfs",
+                "io.containerd.snapshotter.v1.devmapper",
+                "io.containerd.snapshotter.v1.zfs",
+                "io.containerd.tracing.processor.v1.otlp",
+            ],
+            "plugins": {"io.containerd.grpc.v1.cri": cri},
+        }
+        return _toml(config)
+
+    def _kubelet_config(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": "127.0.0.1",
+            "port": self.ports["kubelet"],
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": self.ports["kubelet-healthz"],
+            # Only holders of a certificate from the test bed's CA (the API server has one)
+            # may call the kubelet; nothing anonymous.
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": False},
+                "x509": {"clientCAFile": str(self.testbed.certs.ca_cert)},
+            },
+            "authorization": {"mode": "AlwaysAllow"},
+            "containerRuntimeEndpoint": f"unix://{self.socket_path}",
+            # containerd 1.6 does not answer the kubelet's RuntimeConfig call: say it here.
+            "cgroupDriver": "cgroupfs",
+            "failCgroupV1": False,
+            "failSwapOn": False,
+            "podLogsDir": str(self.folder / "pod-logs"),
+            # The images cannot be pulled back once collected.
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "evictionHard": {
+                "memory.available": "100Mi",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+            },
+            "serializeImagePulls": False,
+            "registerNode": True,
+            "nodeStatusUpdateFrequency": "5s",
+        }
+
+    # ----------------------------------------------------------------------------- readiness
+    def ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ctr", f"--address={self.socket_path}", "--namespace=k8s.io", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def _containerd_ready(self) -> bool:
+        return self.socket_path.exists() and self.ctr("version").returncode == 0
+
+    def _import_images(self) -> None:
+        have = self.ctr("images", "list", "--quiet").stdout.split()
+        for image in self.images.all():
+            if image.ref in have:
+                continue
+            result = self.ctr("images", "import", "--no-unpack", str(image.archive))
+            if result.returncode != 0:
+                raise StartError(f"importing {image.archive} into containerd: {result.stderr}")
+
+    def _node_ready(self) -> bool:
+        node = self.testbed.core_v1().read_node(self.name)
+        return any(
+            c.type == "Ready" and c.status == "True" for c in node.status.conditions or []
+        )
+
+    def _advertise_gpus(self) -> None:
+        """Fake GPUs: the kubelet keeps extended resources it does not manage itself, and the
+        real scheduler enforces them (the same JSON patch a device-plugin-less demo would use)."""
+        resource = GPU_RESOURCE.replace("/", "~1")
+        patch = [
+            {"op": "add", "path": f"/status/capacity/{resource}", "value": str(self.gpus)},
+            {"op": "add", "path": f"/status/allocatable/{resource}", "value": str(self.gpus)},
+        ]
+        self.testbed.kubectl(
+            "patch", "node", self.name, "--subresource=status", "--type=json",
+            f"--patch={json.dumps(patch)}",
+        )
+
+        def advertised() -> bool:
+            node = self.testbed.core_v1().read_node(self.name)
+            return (node.status.allocatable or {}).get(GPU_RESOURCE) == str(self.gpus)
+
+        wait_until(advertised, timeout=30, what=f"{GPU_RESOURCE} on node {self.name}")
+
+
+def _cni_config(folder: Path) -> dict[str, Any]:
+    """A bridge without a gateway: task pods need loopback and their own network namespace,
+    not a route off the node (no NAT rules, no IP forwarding to undo)."""
+    return {
+        "cniVersion": "0.4.0",
+        "name": "gpubatch-testbed",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": False,
+                "ipMasq": False,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": POD_SUBNET}]],
+                    "dataDir": str(folder / "cni" / "ipam"),
+                },
+            }
+        ],
+    }
+
+
+def _toml(config: dict[str, Any], prefix: str = "") -> str:
+    """The little TOML containerd's config needs: scalars, lists of strings, nested tables."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for key, value in tables:
+        name = f'{prefix}.{json.dumps(key) if "." in key else key}'.lstrip(".")
+        out += f"\n[{name}]\n" + _toml(value, name)
+    return out
+
+
+def _kill_cgroup(name: str, timeout: float = 30) -> None:
+    """SIGKILL every process in `name` in every hierarchy until none is left: the pods' processes
+    outlive a stopped kubelet and containerd (runc containers belong to no parent)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = {
+            int(pid)
+            for procs in CGROUP_ROOT.glob(f"*/{name}/**/cgroup.procs")
+            for pid in _read(procs).split()
+        }
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+
+
+def _kill_shims(socket_path: Path) -> None:
+    """The runc shims of this containerd (they re-parent to init and would outlive it)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        cmdline = _read(proc / "cmdline").split("\0")
+        if cmdline[:1] and cmdline[0].endswith("containerd-shim-runc-v2") and any(
+            str(socket_path) in arg for arg in cmdline
+        ):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
