@@ -203,8 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="say which components are up")
     sub.add_parser("images", help="build (or find cached) the real node's images")
     args = parser.parse_args(argv)
-    commands = {"up": cmd_up, "demo": cmd_demo, "down": cmd_down, "status": cmd_status,
-                "images": cmd_images}
+    commands = {
+        "up": cmd_up,
+        "demo": cmd_demo,
+        "down": cmd_down,
+        "status": cmd_status,
+        "images": cmd_images,
+    }
     return commands[args.command](args)
 
 

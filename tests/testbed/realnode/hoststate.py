@@ -37,6 +37,7 @@ FIXED_PATHS = (
 )
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 BRIDGE = "gpubatch0"
+SETS = ("nft_tables", "cgroups", "mounts", "links", "paths")
 
 
 def _sysctl(name: str) -> str:
@@ -95,14 +96,14 @@ class HostState:
     def to_json(self) -> dict[str, Any]:
         return {
             "sysctls": [list(pair) for pair in self.sysctls],
-            **{k: sorted(getattr(self, k)) for k in ("nft_tables", "cgroups", "mounts", "links", "paths")},
+            **{k: sorted(getattr(self, k)) for k in SETS},
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HostState:
         return cls(
             sysctls=tuple((name, value) for name, value in data["sysctls"]),
-            **{k: frozenset(data[k]) for k in ("nft_tables", "cgroups", "mounts", "links", "paths")},
+            **{k: frozenset(data[k]) for k in SETS},
         )
 
     def differences(self, other: HostState) -> list[str]:
@@ -157,9 +158,9 @@ def _run_quiet(argv: list[str], problems: list[str]) -> None:
 
 def _unmount(mount: str, problems: list[str]) -> None:
     """Lazy unmount: a mount's process may be gone while the kernel still holds it busy."""
-    if subprocess.run(["umount", "-l", mount], capture_output=True, check=False).returncode:
-        if mount in _mount_points():
-            problems.append(f"could not unmount {mount}")
+    result = subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+    if result.returncode != 0 and mount in _mount_points():
+        problems.append(f"could not unmount {mount}")
 
 
 def _remove_cgroup(path: Path, problems: list[str]) -> None:

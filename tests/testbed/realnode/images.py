@@ -54,7 +54,12 @@ class ImageBuildError(RuntimeError):
 def _run(argv: list[str], *, what: str, timeout: float = 900, **kwargs: object) -> str:
     print(f"[images] {what}", file=sys.stderr, flush=True)
     result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs  # type: ignore[call-overload]
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,  # type: ignore[call-overload]
     )
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
@@ -117,7 +122,7 @@ def pause_image() -> BuiltImage:
             _buildah("copy", container, str(binary), "/pause", what="pause: copy")
             _buildah(
                 "config",
-                "--entrypoint=[\"/pause\"]",
+                '--entrypoint=["/pause"]',
                 "--user=65535:65535",
                 container,
                 what="pause: config",
@@ -146,9 +151,10 @@ def host_debian_source() -> DebianSource:
     for path in sorted((apt / "sources.list.d").glob("*.sources")):
         for stanza in path.read_text().split("\n\n"):
             fields = _deb822(stanza)
-            if "deb" in fields.get("types", "").split() and "main" in fields.get(
-                "components", ""
-            ).split():
+            if (
+                "deb" in fields.get("types", "").split()
+                and "main" in fields.get("components", "").split()
+            ):
                 for uri in fields.get("uris", "").split():
                     for suite in fields.get("suites", "").split():
                         candidates.append(DebianSource(uri, suite, fields.get("signed-by")))
@@ -225,7 +231,10 @@ def base_image() -> BuiltImage:
         try:
             _buildah("add", container, str(tarball), "/", what="base: add the rootfs")
             _buildah(
-                "config", "--cmd=[\"/bin/sh\"]", "--env=LANG=C.UTF-8", container,
+                "config",
+                '--cmd=["/bin/sh"]',
+                "--env=LANG=C.UTF-8",
+                container,
                 what="base: config",
             )
             _buildah("commit", "--rm", container, image.ref, what="base: commit")
@@ -256,8 +265,14 @@ def _uv_constraints() -> bytes:
         raise ImageBuildError(f"{uv} is missing; run `make venv` first")
     return _run(
         [
-            str(uv), "export", "--frozen", "--all-extras", "--no-hashes", "--no-emit-project",
-            "--no-header", "--no-annotate",
+            str(uv),
+            "export",
+            "--frozen",
+            "--all-extras",
+            "--no-hashes",
+            "--no-emit-project",
+            "--no-header",
+            "--no-annotate",
         ],
         what="pins from uv.lock",
         cwd=REPO,
@@ -267,9 +282,13 @@ def _uv_constraints() -> bytes:
 def _python_with_pip() -> str:
     """A Python whose pip reads this machine's configuration (the uv-made venv has no pip)."""
     for python in (sys.executable, shutil.which("python3"), str(REPO / ".uv" / "bin" / "python")):
-        if python and subprocess.run(
-            [python, "-m", "pip", "--version"], capture_output=True, check=False
-        ).returncode == 0:
+        if (
+            python
+            and subprocess.run(
+                [python, "-m", "pip", "--version"], capture_output=True, check=False
+            ).returncode
+            == 0
+        ):
             return python
     raise ImageBuildError("no Python with pip found to read this machine's pip settings")
 
@@ -367,8 +386,12 @@ class NodeImages:
         return [self.pause, self.base, self.worker, self.operator]
 
     def as_dict(self) -> dict[str, BuiltImage]:
-        return {"pause": self.pause, "base": self.base, "worker": self.worker,
-                "operator": self.operator}
+        return {
+            "pause": self.pause,
+            "base": self.base,
+            "worker": self.worker,
+            "operator": self.operator,
+        }
 
     @classmethod
     def from_dict(cls, images: dict[str, BuiltImage]) -> NodeImages:

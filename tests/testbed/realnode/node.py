@@ -98,6 +98,7 @@ class RealNode:
         problems: list[str] = []
         if self.host_before is not None:
             problems = self.host_before.restore()
+            self.host_before = None  # a restart records the host afresh
         return problems
 
     def _start(self, name: str, ready: Any) -> None:
@@ -285,9 +286,7 @@ class RealNode:
 
     def _node_ready(self) -> bool:
         node = self.testbed.core_v1().read_node(self.name)
-        return any(
-            c.type == "Ready" and c.status == "True" for c in node.status.conditions or []
-        )
+        return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
     def _advertise_gpus(self) -> None:
         """Fake GPUs: the kubelet keeps extended resources it does not manage itself, and the
@@ -298,7 +297,11 @@ class RealNode:
             {"op": "add", "path": f"/status/allocatable/{resource}", "value": str(self.gpus)},
         ]
         self.testbed.kubectl(
-            "patch", "node", self.name, "--subresource=status", "--type=json",
+            "patch",
+            "node",
+            self.name,
+            "--subresource=status",
+            "--type=json",
             f"--patch={json.dumps(patch)}",
         )
 
@@ -342,7 +345,7 @@ def _toml(config: dict[str, Any], prefix: str = "") -> str:
             lines.append(f"{key} = {json.dumps(value)}")
     out = "\n".join(lines) + ("\n" if lines else "")
     for key, value in tables:
-        name = f'{prefix}.{json.dumps(key) if "." in key else key}'.lstrip(".")
+        name = f"{prefix}.{json.dumps(key) if '.' in key else key}".lstrip(".")
         out += f"\n[{name}]\n" + _toml(value, name)
     return out
 
@@ -371,8 +374,10 @@ def _kill_shims(socket_path: Path) -> None:
         if not proc.name.isdigit():
             continue
         cmdline = _read(proc / "cmdline").split("\0")
-        if cmdline[:1] and cmdline[0].endswith("containerd-shim-runc-v2") and any(
-            str(socket_path) in arg for arg in cmdline
+        if (
+            cmdline[:1]
+            and cmdline[0].endswith("containerd-shim-runc-v2")
+            and any(str(socket_path) in arg for arg in cmdline)
         ):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(proc.name), signal.SIGKILL)
