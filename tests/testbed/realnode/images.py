@@ -144,10 +144,10 @@ class DebianSource:
     keyring: str | None
 
 
-def host_debian_source() -> DebianSource:
+def host_debian_source(apt: Path = Path("/etc/apt")) -> DebianSource:
     """Read /etc/apt/sources.list(.d): the mirror this machine already uses for Debian."""
     candidates: list[DebianSource] = []
-    apt = Path("/etc/apt")
+
     for path in sorted((apt / "sources.list.d").glob("*.sources")):
         for stanza in path.read_text().split("\n\n"):
             fields = _deb822(stanza)

@@ -73,6 +73,7 @@ class RealNode:
         """Record the host, start containerd, load images, start the kubelet, patch in GPUs."""
         began = time.monotonic()
         if self.host_before is None:
+            _clear_leftovers()
             self.host_before = HostState.capture()
         try:
             self._write_configs()
@@ -132,7 +133,7 @@ class RealNode:
             ports=state["ports"],
             host_before=HostState.from_json(state["host_before"]) if state["host_before"] else None,
         )
-        node._write_configs()
+        node._define_components()
         for name, pid in state["pids"].items():
             node.components[name].pid = pid
         return node
@@ -157,7 +158,10 @@ class RealNode:
             client=client,
         )
         (f / "kubelet-config.yaml").write_text(yaml.safe_dump(self._kubelet_config()))
-        tied = self.testbed.tied
+        self._define_components()
+
+    def _define_components(self) -> None:
+        f, tied = self.folder, self.testbed.tied
         self.components["containerd"] = Component(
             name="containerd",
             argv=["containerd", f"--config={f / 'containerd' / 'config.toml'}"],
@@ -368,19 +372,66 @@ def _kill_cgroup(name: str, timeout: float = 30) -> None:
         time.sleep(0.2)
 
 
+def _clear_leftovers() -> None:
+    """What a real node killed without its teardown (SIGKILLed pytest: the kubelet and containerd
+    die with it, their pods do not) leaves behind: pod processes, orphaned shims, the bridge,
+    the pod cgroups and mounts. Refuses to touch a real node that is still running."""
+    running = [pid for pid, argv in _processes() if argv[:1] and Path(argv[0]).name == "kubelet"]
+    if running:
+        raise StartError(
+            f"a kubelet is already running here (pid {running[0]}): only one real node fits on "
+            "a machine; stop the other test bed first (make testbed-down)"
+        )
+    _kill_cgroup(POD_CGROUP)
+    for pid, argv in _processes():
+        if argv[:1] and argv[0].endswith("containerd-shim-runc-v2"):
+            address = argv[argv.index("-address") + 1] if "-address" in argv else ""
+            if not Path(address).exists():  # its containerd (and state folder) is gone
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    stale = [
+        line.split()[4]
+        for line in mounts
+        if line.split()[4].startswith(("/run/containerd/", "/var/lib/kubelet/"))
+        or "/realnode/containerd/" in line.split()[4]
+        or "/realnode/kubelet" in line.split()[4]
+    ]
+    for mount in sorted(stale, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+    if Path(f"/sys/class/net/{BRIDGE}").exists():
+        subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
+    for hierarchy in CGROUP_ROOT.iterdir():
+        pods = hierarchy / POD_CGROUP
+        if pods.is_dir():
+            for child in sorted(
+                (p for p in pods.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)
+            ):
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+            with contextlib.suppress(OSError):
+                pods.rmdir()
+
+
+def _processes() -> list[tuple[int, list[str]]]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            argv = _read(proc / "cmdline").split("\0")
+            found.append((int(proc.name), [a for a in argv if a]))
+    return found
+
+
 def _kill_shims(socket_path: Path) -> None:
     """The runc shims of this containerd (they re-parent to init and would outlive it)."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        cmdline = _read(proc / "cmdline").split("\0")
+    for pid, argv in _processes():
         if (
-            cmdline[:1]
-            and cmdline[0].endswith("containerd-shim-runc-v2")
-            and any(str(socket_path) in arg for arg in cmdline)
+            argv[:1]
+            and argv[0].endswith("containerd-shim-runc-v2")
+            and any(str(socket_path) in arg for arg in argv)
         ):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(proc.name), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
 
 
 def _read(path: Path) -> str:
