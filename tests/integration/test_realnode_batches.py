@@ -203,6 +203,10 @@ def test_deleting_a_running_task_pod_stops_the_task_leaves_no_partial_and_is_a_d
     batches.wait_condition("stopped", "Complete", timeout=180)
     status = batches.status("stopped")
     assert status["counts"]["succeeded"] == 1 and status["counts"]["failed"] == 0
-    assert not status.get("recentFailures")
+    # The stopped attempt is listed, as a disruption that did not count against retry.limit 0.
+    (stopped,) = status["recentFailures"]
+    print(f"[realnode] the deleted attempt in recentFailures: {stopped}")
+    assert (stopped["attempt"], stopped["exitCode"]) == (0, 143)  # 128 + SIGTERM
+    assert "not counted" in stopped["message"]
     assert outputs(shared)["result.txt"] == "half of the result, and the rest"
     assert sorted(outputs(shared)) == ["go", "result.txt", "signal-0", "started-0"]

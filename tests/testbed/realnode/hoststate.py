@@ -139,7 +139,10 @@ class HostState:
         for table in sorted(now.nft_tables - self.nft_tables):
             _run_quiet(["nft", "delete", *table.split()], problems)
         for link in sorted(now.links - self.links):
-            _run_quiet(["ip", "link", "delete", link], problems)
+            # A pod's veth goes with its network namespace; only what is still there is ours.
+            subprocess.run(["ip", "link", "delete", link], capture_output=True, check=False)
+            if os.path.exists(f"/sys/class/net/{link}"):
+                problems.append(f"could not delete network link {link}")
         for cgroup in sorted(now.cgroups - self.cgroups):
             _remove_cgroup(Path(cgroup), problems)
         for path in sorted(set(FIXED_PATHS) - self.paths):

@@ -15,6 +15,7 @@ the build), and uv.lock's versions as constraints; no package host is named here
 from __future__ import annotations
 
 import configparser
+import contextlib
 import hashlib
 import os
 import shutil
@@ -101,7 +102,19 @@ def _save(image: BuiltImage) -> BuiltImage:
     partial.unlink(missing_ok=True)
     _buildah("push", image.ref, f"docker-archive:{partial}:{image.ref}", what=f"save {image.ref}")
     partial.rename(image.archive)
+    _prune_older(image)
     return image
+
+
+def _prune_older(image: BuiltImage) -> None:
+    """Keep one version per image: older archives and their copies in buildah's storage go."""
+    name = image.archive.name.rsplit("-", 1)[0]
+    for old in image.archive.parent.glob(f"{name}-*.tar"):
+        if old != image.archive:
+            old.unlink()
+            ref = f"localhost/gpubatch-{name}:{old.stem.rsplit('-', 1)[1]}"
+            with contextlib.suppress(ImageBuildError):
+                _buildah("rmi", ref, what=f"remove {ref}")
 
 
 # ------------------------------------------------------------------------------------- pause
