@@ -57,8 +57,9 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def generate(folder: Path) -> CertPaths:
-    """Create a CA, an apiserver serving cert for loopback, an admin client cert, and SA keys."""
+def generate(folder: Path, extra_ips: tuple[str, ...] = ()) -> CertPaths:
+    """Create a CA, an apiserver serving cert for loopback (and `extra_ips`, e.g. where pods of a
+    real node reach it), an admin client cert, and SA keys."""
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     later = now + dt.timedelta(days=30)
@@ -115,6 +116,7 @@ def generate(folder: Path) -> CertPaths:
                         x509.DNSName("kubernetes.default.svc"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                         x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
+                        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
                     ]
                 ),
                 critical=False,

@@ -27,7 +27,7 @@ from testbed import certs
 from testbed.nodes import GpuNodePool, node_manifest
 from testbed.processes import Component, StartError, free_port, wait_until
 from testbed.realnode import images
-from testbed.realnode.node import RealNode
+from testbed.realnode.node import POD_GATEWAY, RealNode
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -140,7 +140,7 @@ class Testbed:
     def start(self) -> float:
         """Start every component and the GPU nodes; return the seconds it took."""
         began = time.monotonic()
-        certs.generate(self.workdir / "pki")
+        certs.generate(self.workdir / "pki", extra_ips=(POD_GATEWAY,))
         for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok"):
             self.ports.setdefault(name, free_port())
         certs.write_kubeconfig(self.kubeconfig, self.server, self.certs)

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,9 @@ REAL_NODE_MODEL = "Testbed-Real-Node"
 REAL_POOL_LABEL = "gpubatch.io/testbed-pool"
 REAL_NODE_TAINT = "gpubatch.io/real-node"
 POD_SUBNET = "10.244.250.0/24"
+# The bridge's own address: pods' default route, where the kubelet's probes come from, and where
+# the API forwarder (apiproxy.py) listens for pods that talk to the API server.
+POD_GATEWAY = "10.244.250.1"
 # The only way a caller can know the kubelet's pods are gone: nothing left in these cgroups.
 POD_CGROUP = "kubepods"
 
@@ -77,6 +81,8 @@ class RealNode:
             self.host_before = HostState.capture()
         try:
             self._write_configs()
+            _make_bridge()
+            self._start("apiproxy", self._apiproxy_ready)
             self._start("containerd", self._containerd_ready)
             self._import_images()
             self._start("kubelet", self._node_ready)
@@ -96,6 +102,8 @@ class RealNode:
         if containerd is not None:
             containerd.stop(grace=20)
         _kill_shims(self.socket_path)
+        if "apiproxy" in self.components:
+            self.components["apiproxy"].stop()
         problems: list[str] = []
         if self.host_before is not None:
             problems = self.host_before.restore()
@@ -145,6 +153,7 @@ class RealNode:
             (f / sub).mkdir(parents=True, exist_ok=True)
         self.ports.setdefault("kubelet", free_port())
         self.ports.setdefault("kubelet-healthz", free_port())
+        self.ports.setdefault("apiproxy", free_port())
         (f / "containerd" / "config.toml").write_text(self._containerd_config())
         (f / "cni" / "net.d" / "10-gpubatch.conflist").write_text(json.dumps(_cni_config(f)))
         client = certs.client_certificate(
@@ -162,6 +171,18 @@ class RealNode:
 
     def _define_components(self) -> None:
         f, tied = self.folder, self.testbed.tied
+        self.components["apiproxy"] = Component(
+            name="apiproxy",
+            argv=[
+                sys.executable,
+                str(Path(__file__).with_name("apiproxy.py")),
+                POD_GATEWAY,
+                str(self.ports["apiproxy"]),
+                str(self.testbed.ports["apiserver"]),
+            ],
+            log_path=f / "logs" / "apiproxy.log",
+            tied=tied,
+        )
         self.components["containerd"] = Component(
             name="containerd",
             argv=["containerd", f"--config={f / 'containerd' / 'config.toml'}"],
@@ -276,6 +297,15 @@ class RealNode:
             check=False,
         )
 
+    @property
+    def api_for_pods(self) -> tuple[str, int]:
+        """Where a pod on this node reaches the API server (KUBERNETES_SERVICE_HOST/PORT)."""
+        return POD_GATEWAY, self.ports["apiproxy"]
+
+    def _apiproxy_ready(self) -> bool:
+        with socket.create_connection(self.api_for_pods, timeout=1):
+            return True
+
     def _containerd_ready(self) -> bool:
         return self.socket_path.exists() and self.ctr("version").returncode == 0
 
@@ -316,9 +346,19 @@ class RealNode:
         wait_until(advertised, timeout=30, what=f"{GPU_RESOURCE} on node {self.name}")
 
 
+def _make_bridge() -> None:
+    """The pod bridge with its gateway address, made before any pod so the API forwarder can
+    listen on it at once (the CNI bridge plugin takes an existing bridge as it is)."""
+    if not Path(f"/sys/class/net/{BRIDGE}").exists():
+        subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "replace", f"{POD_GATEWAY}/24", "dev", BRIDGE], check=True)
+    subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+
+
 def _cni_config(folder: Path) -> dict[str, Any]:
-    """A bridge without a gateway: task pods need loopback and their own network namespace,
-    not a route off the node (no NAT rules, no IP forwarding to undo)."""
+    """A bridge with a gateway address on the host, so the kubelet's probes reach pods and pods
+    reach the API forwarder; no masquerading (pods reach nothing off the node). The plugin
+    turns IP forwarding on, which the host state puts back."""
     return {
         "cniVersion": "0.4.0",
         "name": "gpubatch-testbed",
@@ -326,7 +366,7 @@ def _cni_config(folder: Path) -> dict[str, Any]:
             {
                 "type": "bridge",
                 "bridge": BRIDGE,
-                "isGateway": False,
+                "isGateway": True,
                 "ipMasq": False,
                 "ipam": {
                     "type": "host-local",
