@@ -125,8 +125,16 @@ def test_chart_operator_runs_as_a_real_pod_under_its_rbac_and_completes_a_batch(
             "out-2.txt": "task 2 by the operator in a pod",
             "out-3.txt": "task 3 by the operator in a pod",
         }
+
+        def task_pods() -> list[str]:
+            return [
+                p.metadata.name
+                for p in batches.pods()
+                if "gpubatch.io/batch" in (p.metadata.labels or {})
+            ]
+
         wait_for(
-            lambda: not batches.pods() or None,
+            lambda: not task_pods() or None,
             timeout=60,
             what="succeeded task pods deleted by the operator",
         )
