@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,8 +76,12 @@ def real_node(testbed: Testbed) -> Iterator[RealNode]:
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(f"real node unavailable: {reason}")
+    began = time.monotonic()
     node = testbed.start_real_node()
-    print(f"\n[realnode] {node.name} up (images: {[i.ref for i in node.images.all()]})")
+    print(
+        f"\n[realnode] {node.name} up in {time.monotonic() - began:.1f}s (images checked, "
+        f"containerd, images imported, kubelet Ready, GPUs advertised)"
+    )
     yield node
     problems = node.stop()
     assert not problems, f"the real node left the host changed: {problems}"

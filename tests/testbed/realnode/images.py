@@ -413,6 +413,11 @@ class NodeImages:
 
 def build_all() -> NodeImages:
     """Every image the real node and its tests use, built only where the cache lacks it."""
+    missing = [tool for tool in ("buildah", "debootstrap", "gcc") if shutil.which(tool) is None]
+    if missing:
+        raise ImageBuildError(
+            f"{', '.join(missing)} not found: install them with `make realnode-packages`"
+        )
     base = base_image()
     return NodeImages(
         pause=pause_image(),

@@ -9,13 +9,16 @@ run per machine: the bridge, the `/kubepods` cgroups and a few fixed paths are s
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 REAL_NODE_MODEL = "Testbed-Real-Node"
 REAL_POOL_LABEL = "gpubatch.io/testbed-pool"
 REAL_NODE_TAINT = "gpubatch.io/real-node"
+NODE_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip", "nft", "umount")
 POD_SUBNET = "10.244.250.0/24"
 # The bridge's own address: pods' default route, where the kubelet's probes come from, and where
 # the API forwarder (apiproxy.py) listens for pods that talk to the API server.
@@ -63,6 +67,8 @@ class RealNode:
     components: dict[str, Component] = field(default_factory=dict)
     host_before: HostState | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    _kubelet_started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    _leases: Any = field(default=None, repr=False)
 
     @property
     def folder(self) -> Path:
@@ -76,6 +82,12 @@ class RealNode:
     def start(self) -> float:
         """Record the host, start containerd, load images, start the kubelet, patch in GPUs."""
         began = time.monotonic()
+        missing = [tool for tool in NODE_TOOLS if shutil.which(tool) is None]
+        if missing:
+            raise StartError(
+                f"{', '.join(missing)} not found: install the real node's Debian packages with "
+                "`make realnode-packages` (tests/testbed/realnode/packages.sh)"
+            )
         if self.host_before is None:
             _clear_leftovers()
             self.host_before = HostState.capture()
@@ -85,6 +97,7 @@ class RealNode:
             self._start("apiproxy", self._apiproxy_ready)
             self._start("containerd", self._containerd_ready)
             self._import_images()
+            self._kubelet_started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
             self._start("kubelet", self._node_ready)
             self._advertise_gpus()
         except BaseException:
@@ -319,6 +332,18 @@ class RealNode:
                 raise StartError(f"importing {image.archive} into containerd: {result.stderr}")
 
     def _node_ready(self) -> bool:
+        """Ready, as reported by THIS kubelet: after a restart the node object still says Ready
+        from before, so the kubelet must also answer its health check and have renewed the
+        node's lease since it started."""
+        url = f"http://127.0.0.1:{self.ports['kubelet-healthz']}/healthz"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            if response.status != 200:
+                return False
+        if self._leases is None:
+            self._leases = self.testbed.coordination_v1()
+        lease = self._leases.read_namespaced_lease(self.name, "kube-node-lease")
+        if lease.spec.renew_time is None or lease.spec.renew_time < self._kubelet_started:
+            return False
         node = self.testbed.core_v1().read_node(self.name)
         return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
