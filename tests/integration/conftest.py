@@ -85,3 +85,9 @@ def real_node(testbed: Testbed) -> Iterator[RealNode]:
     yield node
     problems = node.stop()
     assert not problems, f"the real node left the host changed: {problems}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Real-node tests run last: the real node joins the session's test bed when the first of
+    them starts and stays until the session ends, so every other test sees only kwok nodes."""
+    items.sort(key=lambda item: item.get_closest_marker("realnode") is not None)
