@@ -55,6 +55,13 @@ testbin: ## build (once, cached by version) etcd, kube-*, kubectl, kwok, helm fr
 realnode-packages: ## Debian packages a real test-bed node needs (containerd, runc, CNI, buildah, ...; root)
 	@bash tests/testbed/realnode/packages.sh
 
+# Built here rather than inside the first real-node test, so a cold build (minutes) is not
+# counted against that test's timeout; cached by a hash of their inputs.
+.PHONY: realnode-images
+realnode-images: venv realnode-packages ## build (once, cached) the real node's pause, base, worker and operator images (root)
+	@if [ "$$(id -u)" = 0 ]; then PYTHONPATH=tests $(PY) -m testbed images; \
+	else echo "[realnode-images] not root: skipped (the realnode tests skip too)"; fi
+
 # --- checks and tests ------------------------------------------------------------------------
 .PHONY: lint
 lint: venv lock-check ## lock in step with pyproject, ruff, mypy --strict, import layering
@@ -71,11 +78,11 @@ integration: venv testbin ## tests against the real control plane test bed
 	$(PYTEST) -m integration -q
 
 .PHONY: realnode
-realnode: venv testbin realnode-packages ## tests on a real node: real containers from locally built images (root)
+realnode: venv testbin realnode-images ## tests on a real node: real containers from locally built images (root)
 	$(PYTEST) -m realnode -q
 
 .PHONY: test
-test: venv testbin lint realnode-packages ## everything CI runs: lint, unit, integration, real-node and benchmark-smoke tests
+test: venv testbin lint realnode-images ## everything CI runs: lint, unit, integration, real-node and benchmark-smoke tests
 	$(PYTEST) -m "unit or integration or bench or realnode" -q
 
 # --- benchmarks and chaos (results: tests/bench/results/, quoted in BENCHMARKS.md) ----------
