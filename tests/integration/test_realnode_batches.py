@@ -37,7 +37,7 @@ pathlib.Path(sys.argv[2]).write_text('task %s attempt %s\\n' % (sys.argv[1], att
 """
 
 # Attempt 0 writes half its output, says it started, and waits to be stopped; on SIGTERM it
-# records the signal and exits. Any later attempt waits for the test's go-ahead, then finishes.
+# records the signal and exits. Any later attempt writes the whole output.
 STOPPABLE_TASK = """
 import os, pathlib, signal, sys, time
 shared, partial = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -53,9 +53,6 @@ if attempt == '0':
     (shared / 'started-0').write_text('')
     while True:
         time.sleep(0.1)
-deadline = time.monotonic() + 120
-while not (shared / 'go').exists() and time.monotonic() < deadline:
-    time.sleep(0.1)
 out.write(', and the rest')
 out.close()
 """
@@ -187,6 +184,9 @@ def test_deleting_a_running_task_pod_stops_the_task_leaves_no_partial_and_is_a_d
     wait_for_file(shared / "started-0")
     assert ".result.txt.gpubatch-partial.txt" in outputs(shared)  # the command is writing
     (pod,) = batches.pods()
+    # Suspended, the operator starts no next attempt, so what the stopped one left is seen alone.
+    batches.patch_spec("stopped", {"suspend": True})
+    batches.wait_condition("stopped", "Suspended", timeout=60)
     testbed.kubectl("delete", "pod", "-n", namespace, pod.metadata.name, "--wait=false")
 
     def attempt_zero_gone() -> bool:
@@ -199,7 +199,9 @@ def test_deleting_a_running_task_pod_stops_the_task_leaves_no_partial_and_is_a_d
     assert "result.txt" not in after_stop
     assert not [name for name in after_stop if "partial" in name]
 
-    (shared / "go").write_text("")
+    assert [p.metadata.name for p in batches.pods()] == []  # no next attempt while suspended
+
+    batches.patch_spec("stopped", {"suspend": False})
     batches.wait_condition("stopped", "Complete", timeout=180)
     status = batches.status("stopped")
     assert status["counts"]["succeeded"] == 1 and status["counts"]["failed"] == 0
@@ -209,4 +211,4 @@ def test_deleting_a_running_task_pod_stops_the_task_leaves_no_partial_and_is_a_d
     assert (stopped["attempt"], stopped["exitCode"]) == (0, 143)  # 128 + SIGTERM
     assert "not counted" in stopped["message"]
     assert outputs(shared)["result.txt"] == "half of the result, and the rest"
-    assert sorted(outputs(shared)) == ["go", "result.txt", "signal-0", "started-0"]
+    assert sorted(outputs(shared)) == ["result.txt", "signal-0", "started-0"]
