@@ -51,6 +51,17 @@ lock-check: $(UV) ## fail when pyproject.toml and uv.lock disagree
 testbin: ## build (once, cached by version) etcd, kube-*, kubectl, kwok, helm from Go modules
 	@bash tests/testbed/testbin.sh
 
+.PHONY: realnode-packages
+realnode-packages: ## Debian packages a real test-bed node needs (containerd, runc, CNI, buildah, ...; root)
+	@bash tests/testbed/realnode/packages.sh
+
+# Built here rather than inside the first real-node test, so a cold build (minutes) is not
+# counted against that test's timeout; cached by a hash of their inputs.
+.PHONY: realnode-images
+realnode-images: venv realnode-packages ## build (once, cached) the real node's pause, base, worker and operator images (root)
+	@if [ "$$(id -u)" = 0 ]; then PYTHONPATH=tests $(PY) -m testbed images; \
+	else echo "[realnode-images] not root: skipped (the realnode tests skip too)"; fi
+
 # --- checks and tests ------------------------------------------------------------------------
 .PHONY: lint
 lint: venv lock-check ## lock in step with pyproject, ruff, mypy --strict, import layering
@@ -78,9 +89,13 @@ fakeclient: venv ## the reconcile against an in-memory Kubernetes client with in
 integration: venv testbin ## tests against the real control plane test bed
 	$(PYTEST) -m integration -q
 
+.PHONY: realnode
+realnode: venv testbin realnode-images ## tests on a real node: real containers from locally built images (root)
+	$(PYTEST) -m realnode -q
+
 .PHONY: test
-test: venv testbin lint ## everything CI runs: lint, unit, integration and benchmark-smoke tests
-	$(PYTEST) -m "unit or process or fakeclient or integration or bench" -q --durations=15
+test: venv testbin lint realnode-images ## everything CI runs: lint, unit, integration, real-node and benchmark-smoke tests
+	$(PYTEST) -m "unit or process or fakeclient or integration or bench or realnode" -q --durations=15
 
 # --- benchmarks and chaos (results: tests/bench/results/, quoted in BENCHMARKS.md) ----------
 .PHONY: bench
@@ -112,9 +127,11 @@ e2e-kind: venv ## the user's path on a kind cluster with real images (needs Dock
 	bash tests/e2e/kind_e2e.sh
 
 # --- the test bed for people -----------------------------------------------------------------
+# REAL_NODE=1 adds one real node (containerd + kubelet on this machine, real containers; root).
+REAL_NODE ?=
 .PHONY: testbed-up
-testbed-up: venv-runtime testbin ## start the local control plane with fake GPU nodes (prints export KUBECONFIG=...)
-	@PYTHONPATH=tests $(PY) -m testbed up
+testbed-up: venv-runtime testbin $(if $(REAL_NODE),realnode-packages) ## start the local control plane with fake GPU nodes (REAL_NODE=1: and a real one; prints export KUBECONFIG=...)
+	@PYTHONPATH=tests $(PY) -m testbed up $(if $(REAL_NODE),--real-node)
 
 .PHONY: testbed-down
 testbed-down: venv-runtime ## stop the local test bed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from support.crd import install_crd
 from support.operator_process import OperatorProcess
 from testbed import Testbed
+from testbed.realnode.node import RealNode, unavailable_reason
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +59,29 @@ def running_operator(operator: OperatorProcess) -> OperatorProcess:
     if not operator.alive():
         operator.start()
     return operator
+
+
+@pytest.fixture(scope="session")
+def real_node(testbed: Testbed) -> Iterator[RealNode]:
+    """One real node (containerd + kubelet here) beside the kwok nodes, for `realnode` tests.
+
+    Skipped only where this machine cannot run containers at all (not root); anywhere else a
+    node that does not start FAILS the tests that need it."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"real node unavailable: {reason}")
+    began = time.monotonic()
+    node = testbed.start_real_node()
+    print(
+        f"\n[realnode] {node.name} up in {time.monotonic() - began:.1f}s (images checked, "
+        f"containerd, images imported, kubelet Ready, GPUs advertised)"
+    )
+    yield node
+    problems = node.stop()
+    assert not problems, f"the real node left the host changed: {problems}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Real-node tests run last: the real node joins the session's test bed when the first of
+    them starts and stays until the session ends, so every other test sees only kwok nodes."""
+    items.sort(key=lambda item: item.get_closest_marker("realnode") is not None)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from testbed.controlplane import REPO, Testbed, TestbedConfig, env_with_kubeconfig
 from testbed.nodes import GpuNodePool
+from testbed.realnode.node import REAL_NODE_TAINT
 
 
 def state_dir() -> Path:
@@ -43,7 +44,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     folder = state_dir()
     if (folder / "state.json").exists():
         bed = Testbed.from_state(folder)
-        if all(c.alive() for c in bed.components.values()):
+        if all(c.alive() for c in bed.all_components().values()):
             print(f"# test bed already running: {bed.summary()}", file=sys.stderr)
             print(f"export KUBECONFIG={bed.kubeconfig}")
             return 0
@@ -52,12 +53,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = TestbedConfig(
         node_pools=parse_pools(args.pool)
         if args.pool
-        else [GpuNodePool(name="gpu", count=args.nodes, gpus=args.gpus, model=args.model)]
+        else [GpuNodePool(name="gpu", count=args.nodes, gpus=args.gpus, model=args.model)],
+        real_node=args.real_node,
     )
     bed = Testbed.create(config, workdir=folder, tied=False)
     seconds = bed.start()
     print(f"# test bed up in {seconds:.1f}s: {bed.summary()}", file=sys.stderr)
     print(f"# logs: {folder / 'logs'}; stop with: make testbed-down", file=sys.stderr)
+    if bed.real is not None:
+        print(
+            f"# real node {bed.real.name}: taint {REAL_NODE_TAINT}, label "
+            f"nvidia.com/gpu.product={bed.real.model}; images: "
+            + ", ".join(image.ref for image in bed.real.images.all()),
+            file=sys.stderr,
+        )
     print(f"export KUBECONFIG={bed.kubeconfig}")
     print(f"export PATH={bed.bin_dir}:$PATH")
     return 0
@@ -160,7 +169,18 @@ def cmd_status(_: argparse.Namespace) -> int:
         return 1
     bed = Testbed.from_state(folder)
     print(bed.summary())
-    return 0 if all(c.alive() for c in bed.components.values()) else 1
+    return 0 if all(c.alive() for c in bed.all_components().values()) else 1
+
+
+def cmd_images(_: argparse.Namespace) -> int:
+    """Build (or find cached) the real node's images and say where they are."""
+    from testbed.realnode import images
+
+    began = time.monotonic()
+    for image in images.build_all().all():
+        print(f"{image.ref}  {image.archive}")
+    print(f"# images ready in {time.monotonic() - began:.1f}s", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,13 +196,25 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="NAME:COUNT:GPUS[:MODEL] node pool (repeatable; overrides --nodes)",
     )
+    up.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also start one real node (containerd + kubelet on this machine; needs root)",
+    )
     demo = sub.add_parser("demo", help="test bed + operator + the demo batch, watched")
     demo.add_argument("--timeout", type=float, default=300, help="seconds to watch (300)")
 
     sub.add_parser("down", help="stop the test bed (and a demo operator), remove its folder")
     sub.add_parser("status", help="say which components are up")
+    sub.add_parser("images", help="build (or find cached) the real node's images")
     args = parser.parse_args(argv)
-    commands = {"up": cmd_up, "demo": cmd_demo, "down": cmd_down, "status": cmd_status}
+    commands = {
+        "up": cmd_up,
+        "demo": cmd_demo,
+        "down": cmd_down,
+        "status": cmd_status,
+        "images": cmd_images,
+    }
     return commands[args.command](args)
 
 

@@ -29,6 +29,8 @@ class CertPaths:
     serving_key: Path
     admin_cert: Path
     admin_key: Path
+    kubelet_client_cert: Path
+    kubelet_client_key: Path
     sa_key: Path
     sa_pub: Path
 
@@ -55,8 +57,9 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def generate(folder: Path) -> CertPaths:
-    """Create a CA, an apiserver serving cert for loopback, an admin client cert, and SA keys."""
+def generate(folder: Path, extra_ips: tuple[str, ...] = ()) -> CertPaths:
+    """Create a CA, an apiserver serving cert for loopback (and `extra_ips`, e.g. where pods of a
+    real node reach it), an admin client cert, and SA keys."""
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     later = now + dt.timedelta(days=30)
@@ -113,6 +116,7 @@ def generate(folder: Path) -> CertPaths:
                         x509.DNSName("kubernetes.default.svc"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                         x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
+                        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
                     ]
                 ),
                 critical=False,
@@ -127,6 +131,10 @@ def generate(folder: Path) -> CertPaths:
 
     serving_cert, serving_key = leaf("kube-apiserver", None, server=True)
     admin_cert, admin_key = leaf("testbed-admin", "system:masters", server=False)
+    # The API server's identity towards kubelets (logs, exec, port-forward on a real node).
+    kubelet_client, kubelet_client_key = leaf(
+        "kube-apiserver-kubelet-client", "system:masters", server=False
+    )
     sa_key = _key()
 
     paths = CertPaths(
@@ -136,6 +144,8 @@ def generate(folder: Path) -> CertPaths:
         serving_key=folder / "apiserver.key",
         admin_cert=folder / "admin.crt",
         admin_key=folder / "admin.key",
+        kubelet_client_cert=folder / "apiserver-kubelet-client.crt",
+        kubelet_client_key=folder / "apiserver-kubelet-client.key",
         sa_key=folder / "sa.key",
         sa_pub=folder / "sa.pub",
     )
@@ -146,6 +156,8 @@ def generate(folder: Path) -> CertPaths:
     _write_key(serving_key, paths.serving_key)
     paths.admin_cert.write_bytes(admin_cert.public_bytes(pem))
     _write_key(admin_key, paths.admin_key)
+    paths.kubelet_client_cert.write_bytes(kubelet_client.public_bytes(pem))
+    _write_key(kubelet_client_key, paths.kubelet_client_key)
     _write_key(sa_key, paths.sa_key)
     paths.sa_pub.write_bytes(
         sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)

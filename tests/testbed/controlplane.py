@@ -26,6 +26,8 @@ import yaml
 from testbed import certs
 from testbed.nodes import GpuNodePool, node_manifest
 from testbed.processes import Component, StartError, free_port, wait_until
+from testbed.realnode import images
+from testbed.realnode.node import POD_GATEWAY, RealNode
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -61,6 +63,9 @@ class TestbedConfig:
     # Users whose requests kube-apiserver writes to an audit log (one JSON line per request),
     # so a benchmark can count exactly the API calls one client made.
     audit_users: list[str] = field(default_factory=list)
+    # One real node (containerd + kubelet on this machine, real containers) beside the kwok
+    # nodes; needs root. See testbed/realnode.
+    real_node: bool = False
 
 
 @dataclass
@@ -75,6 +80,7 @@ class Testbed:
     tied: bool = True
     ports: dict[str, int] = field(default_factory=dict)
     components: dict[str, Component] = field(default_factory=dict)
+    real: RealNode | None = None
     _api: Any = field(default=None, repr=False)
 
     # ----------------------------------------------------------------------------- paths
@@ -106,6 +112,8 @@ class Testbed:
             serving_key=self.workdir / "pki/apiserver.key",
             admin_cert=self.workdir / "pki/admin.crt",
             admin_key=self.workdir / "pki/admin.key",
+            kubelet_client_cert=self.workdir / "pki/apiserver-kubelet-client.crt",
+            kubelet_client_key=self.workdir / "pki/apiserver-kubelet-client.key",
             sa_key=self.workdir / "pki/sa.key",
             sa_pub=self.workdir / "pki/sa.pub",
         )
@@ -132,7 +140,7 @@ class Testbed:
     def start(self) -> float:
         """Start every component and the GPU nodes; return the seconds it took."""
         began = time.monotonic()
-        certs.generate(self.workdir / "pki")
+        certs.generate(self.workdir / "pki", extra_ips=(POD_GATEWAY,))
         for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok"):
             self.ports.setdefault(name, free_port())
         certs.write_kubeconfig(self.kubeconfig, self.server, self.certs)
@@ -145,14 +153,27 @@ class Testbed:
             self._start_component("kwok")
             self.create_nodes(self.config.node_pools)
             self.wait_for_default_service_account("default")
+            if self.config.real_node:
+                self.start_real_node()
         except BaseException:
             self.stop()
             raise
         self._save_state()
         return time.monotonic() - began
 
+    def start_real_node(self) -> RealNode:
+        """Build (or find cached) the node's images and start the real node."""
+        if self.real is None:
+            self.real = RealNode(testbed=self, images=images.build_all())
+        self.real.start()
+        self._save_state()
+        return self.real
+
     def stop(self) -> None:
-        """Stop in reverse order of dependency; the etcd data goes with the workdir."""
+        """Stop in reverse order of dependency (the real node first, which also puts the host
+        back as it was); the etcd data goes with the workdir."""
+        if self.real is not None:
+            self.real.stop()
         for name in reversed(COMPONENTS):
             component = self.components.get(name)
             if component is not None:
@@ -217,6 +238,12 @@ class Testbed:
                 "--profiling=false",
                 "--event-ttl=1h",
                 f"--cert-dir={w / 'pki'}",
+                # How the API server reaches a real node's kubelet (logs, exec): with its own
+                # client certificate, at the node's Hostname (which resolves to loopback, where
+                # the kubelet listens). kwok nodes serve no kubelet API either way.
+                f"--kubelet-client-certificate={c.kubelet_client_cert}",
+                f"--kubelet-client-key={c.kubelet_client_key}",
+                "--kubelet-preferred-address-types=Hostname,InternalIP,ExternalIP",
             ],
             "kube-controller-manager": [
                 str(b / "kube-controller-manager"),
@@ -443,6 +470,7 @@ class Testbed:
             "kubeconfig": str(self.kubeconfig),
             "ports": self.ports,
             "pids": {name: comp.pid for name, comp in self.components.items()},
+            "real_node": self.real.to_state() if self.real is not None else None,
             "config": asdict(self.config),
         }
         (self.workdir / "state.json").write_text(json.dumps(state, indent=2))
@@ -451,6 +479,7 @@ class Testbed:
     def from_state(cls, workdir: Path) -> Testbed:
         """Re-attach to a detached test bed (for `testbed down` / `status`)."""
         state = json.loads((workdir / "state.json").read_text())
+        real_state = state.pop("real_node", None)
         pools = [GpuNodePool(**pool) for pool in state["config"].pop("node_pools")]
         bed = cls(
             bin_dir=Path(state["bin_dir"]),
@@ -462,11 +491,18 @@ class Testbed:
         bed._define_components()
         for name, pid in state["pids"].items():
             bed.components[name].pid = pid
+        if real_state is not None:
+            bed.real = RealNode.from_state(bed, real_state)
         return bed
+
+    def all_components(self) -> dict[str, Component]:
+        """The control plane's components and, with a real node, containerd and the kubelet."""
+        return {**self.components, **(self.real.components if self.real else {})}
 
     def summary(self) -> str:
         alive = ", ".join(
-            f"{name}={'up' if comp.alive() else 'DOWN'}" for name, comp in self.components.items()
+            f"{name}={'up' if comp.alive() else 'DOWN'}"
+            for name, comp in self.all_components().items()
         )
         return f"server {self.server}; {alive}"
 

@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,10 +118,26 @@ class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 @kopf.on.login(id="login")
 def login(memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
     """In-cluster service account first, then KUBECONFIG; our client shares the credentials."""
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    info = kopf.login_with_service_account(**kwargs)
+    if info is not None:
+        info = in_cluster_address(info, os.environ)
+    info = info or kopf.login_with_kubeconfig(**kwargs)
     if info is not None:
         _operator(memo).connect(_endpoint(info))
     return info
+
+
+def in_cluster_address(
+    info: kopf.ConnectionInfo, environ: Mapping[str, str]
+) -> kopf.ConnectionInfo:
+    """The API server address a pod is given (KUBERNETES_SERVICE_HOST/PORT, as client-go's
+    in-cluster config reads it) instead of kopf's fixed `https://kubernetes.default.svc`, which
+    needs cluster DNS; without the variables kopf's address stays."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return info
+    host = f"[{host}]" if ":" in host else host
+    return dataclasses.replace(info, server=f"https://{host}:{port}")
 
 
 @kopf.on.startup(id="startup")
