@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from integration.podwatch import PodEvents
+from support.podwatch import PodEvents
 from testbed import Testbed, TestbedConfig
 from testbed.realnode.node import REAL_NODE_TAINT, RealNode
 

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from integration.batches import GROUP, VERSION
-from integration.kube import wait_for
+from gpubatch.api.names import GROUP, VERSION
+from support.waiting import wait_for
 from testbed.realnode.node import REAL_NODE_TAINT, RealNode
 
 # The task container runs as the image's user; the shared folder must be writable by it.

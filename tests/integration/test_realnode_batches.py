@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from integration.batches import Batches, PodMonitor
-from integration.kube import wait_for
 from integration.realnode_kit import real_batch, shared_folder, wait_for_file
+from support.batches import Batches, PodMonitor
+from support.waiting import wait_for
 from testbed import Testbed
 from testbed.realnode.node import RealNode
 

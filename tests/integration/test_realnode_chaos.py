@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from integration.batches import Batches, PodMonitor
-from integration.kube import wait_for
-from integration.operator_process import OperatorProcess
 from integration.realnode_kit import real_batch, shared_folder
+from support.batches import Batches, PodMonitor
+from support.operator_process import OperatorProcess
+from support.waiting import wait_for
 from testbed import Testbed
 from testbed.realnode.node import RealNode
 

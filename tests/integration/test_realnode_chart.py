@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from integration.batches import Batches
-from integration.kube import wait_for
 from integration.realnode_kit import real_batch, shared_folder
+from support.batches import Batches
+from support.waiting import wait_for
 from testbed import Testbed
 from testbed.realnode.node import REAL_NODE_TAINT, RealNode
 
