@@ -388,6 +388,17 @@ CASES: Final[tuple[Case, ...]] = (
         {"outputs": [f"/data/out/{i}-{{shot}}.npy" for i in range(17)]},
         "must have at most 16 items",
     ),
+    failed(
+        "colliding-outputs",
+        "outputs name one of two matrix axes, so two tasks write each file",
+        {
+            "tasks": {
+                **_NO_RANGE,
+                "matrix": {"shot": {"range": {"stop": 3}}, "scale": {"values": ["1x", "2x"]}},
+            }
+        },
+        "tasks 0 and 3 both write output '/data/out/shot-0.npy'",
+    ),
     # --- ordering ------------------------------------------------------------------------------
     refused(
         "longest-first-without-cost",
