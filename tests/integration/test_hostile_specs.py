@@ -263,7 +263,8 @@ def test_a_manifest_row_escaping_output_root_fails_that_task_alone(
     with PodMonitor(testbed, namespace) as monitor:
         result = apply(testbed, namespace, body)
         assert result.returncode == 0, result.stderr
-        batches.wait_condition("escape", "Complete", timeout=60)
+        failed = batches.wait_condition("escape", "Failed", timeout=60)
+        assert failed["reason"] == "TasksFailed"
 
     bad = {i for i, row in enumerate(ESCAPING_ROWS) if row.fails}
     good = set(range(len(ESCAPING_ROWS))) - bad

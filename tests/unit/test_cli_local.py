@@ -509,7 +509,7 @@ def test_status_and_report_read_the_local_records_and_plot_a_timeline(tmp_path, 
     state = ["--local", "--state-dir", str(tmp_path / "state")]
     assert main(["status", "shots", *state]) == 1
     status = capsys.readouterr().out
-    assert "state: Complete" in status and "failed tasks: 2" in status
+    assert "state: Failed" in status and "failed tasks: 2" in status
     plot = tmp_path / "timeline.png"
     assert main(["report", "shots", *state, "--plot", str(plot)]) == 0
     report = capsys.readouterr().out

@@ -673,8 +673,8 @@ def test_a_batch_whose_outputs_all_exist_completes_without_a_pod():
 
 
 # ------------------------------------------------------------------------------ completion
-def test_the_batch_completes_when_every_task_is_final_and_says_so_once():
-    status = a_status(succeeded=[0], failed=[1], start_time=ago(300))
+def test_the_batch_completes_when_every_task_succeeded_or_was_skipped_and_says_so_once():
+    status = a_status(succeeded=[0], skipped=[1], start_time=ago(300))
     obs = an_observation(total=3, status=status, pods=[succeeded(2)])
     done = plan(obs)
 
@@ -685,7 +685,7 @@ def test_the_batch_completes_when_every_task_is_final_and_says_so_once():
     )
     assert condition_of(done.status, ConditionType.FAILED) == ("False", Why.DISPATCHING)
     assert condition(done.status, ConditionType.COMPLETE).message == (
-        "2 succeeded, 1 failed, 0 skipped of 3 tasks"
+        "2 succeeded, 0 failed, 1 skipped of 3 tasks"
     )
     assert [(e.type, e.reason) for e in done.events] == [("Normal", "Completed")]
     assert done.finished
@@ -695,6 +695,41 @@ def test_the_batch_completes_when_every_task_is_final_and_says_so_once():
     repeat = again(done, obs, now=NOW + timedelta(seconds=30))
     assert repeat.events == []
     assert repeat.status.completion_time == NOW
+
+
+def test_a_batch_whose_tasks_all_finished_with_one_failed_ends_failed_with_the_counts():
+    status = a_status(succeeded=[0], failed=[1], start_time=ago(300))
+    obs = an_observation(total=3, status=status, pods=[succeeded(2)])
+    done = plan(obs)
+
+    assert condition_of(done.status, ConditionType.FAILED) == ("True", Why.TASKS_FAILED)
+    assert condition_of(done.status, ConditionType.COMPLETE) == ("False", Why.TASKS_FAILED)
+    assert condition_of(done.status, ConditionType.PROGRESSING) == ("False", Why.TASKS_FAILED)
+    assert condition(done.status, ConditionType.FAILED).message == (
+        "2 succeeded, 1 failed, 0 skipped of 3 tasks; see recentFailures"
+    )
+    assert [(e.type, e.reason) for e in done.events] == [("Warning", "TasksFailed")]
+    assert done.finished
+    assert done.status.completion_time == NOW
+    assert again(done, obs, now=NOW + timedelta(seconds=30)).events == []
+
+
+def test_a_batch_whose_every_task_is_invalid_ends_failed_with_a_warning_for_the_invalid_tasks():
+    problem = "output '/etc/x' is outside outputRoot '/out'; write outputs inside it"
+    obs = an_observation(total=2, invalid_tasks={0: problem, 1: problem})
+    done = plan(obs)
+
+    assert condition_of(done.status, ConditionType.FAILED) == ("True", Why.TASKS_FAILED)
+    warnings = [(e.reason, e.message) for e in done.events if e.type == "Warning"]
+    assert (
+        "InvalidTasks",
+        f"2 task(s) cannot run and failed without a pod, e.g. task 0: {problem}",
+    ) in (warnings)
+    assert ("TasksFailed", "0 succeeded, 2 failed, 0 skipped of 2 tasks; see recentFailures") in (
+        warnings
+    )
+    assert done.create == []
+    assert [e.reason for e in again(done, obs).events] == []
 
 
 def test_completion_time_waits_until_no_pod_is_active():

@@ -51,6 +51,7 @@ class Reason(StrEnum):
     DISPATCHING = "Dispatching"
     ALL_TASKS_FINISHED = "AllTasksFinished"
     TOO_MANY_FAILED_TASKS = "TooManyFailedTasks"
+    TASKS_FAILED = "TasksFailed"  # every task finished, at least one of them failed
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"

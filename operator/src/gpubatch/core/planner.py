@@ -23,7 +23,8 @@ rely on the ones before it):
 3. `record_outcomes`: every terminal pod's outcome into the ledger; tracked ones are released.
 4. `skip_existing_outputs`: tasks whose outputs exist are skipped before any pod starts.
 5. `enforce_task_deadlines`: running attempts past the task deadline are stopped.
-6. `decide_batch_end`: failed (blocked, too many failed tasks, deadline) or complete.
+6. `decide_batch_end`: failed (blocked, too many failed tasks, deadline, or every task
+   finished and some failed) or complete (every task succeeded or was skipped).
 7. `dispatch`: retries whose backoff is over, then fresh tasks in dispatch order, in budget.
 8. `clean_up`: finished, recorded pods are deleted unless podCleanup keeps them.
 9. `write_counts`, `set_conditions`, `settle`: the status, its conditions and Events, the
@@ -304,11 +305,11 @@ def check_runnable(step: _Pass) -> None:
 
 
 def fail_invalid_tasks(step: _Pass) -> None:
-    """Tasks that cannot be rendered (a manifest value escaping outputRoot) fail alone."""
+    """Tasks that cannot be rendered (a manifest value escaping outputRoot) fail alone, with
+    one Warning Event when some are first found (a pass that finds none posts nothing)."""
     ledger = step.ledger
-    for index, problem in sorted(step.obs.invalid_tasks.items()):
-        if ledger.final(index):
-            continue
+    found = [(i, p) for i, p in sorted(step.obs.invalid_tasks.items()) if not ledger.final(i)]
+    for index, problem in found:
         ledger.finish(ledger.failed, index)
         _add_failure(
             step.status,
@@ -319,6 +320,14 @@ def fail_invalid_tasks(step: _Pass) -> None:
                 message=problem[-FAILURE_MESSAGE_LIMIT:],
                 time=step.obs.now,
             ),
+        )
+    if found:
+        index, problem = found[0]
+        step.event(
+            "Warning",
+            "InvalidTasks",
+            f"{len(found)} task(s) cannot run and failed without a pod, e.g. task {index}: "
+            f"{problem}",
         )
 
 
@@ -443,6 +452,8 @@ def decide_batch_end(step: _Pass) -> None:
         previous = next(c for c in obs.status.conditions if c.type == ConditionType.FAILED)
         if previous.reason not in (Reason.INVALID_SPEC, Reason.TASK_LIST_CHANGED):
             step.failure = (previous.reason, previous.message)
+    if step.failure is None and step.ledger.finished >= obs.total:
+        step.failure = _finished_with_failures(step)
     step.complete = step.failure is None and step.ledger.finished >= obs.total
     if step.failure is None:
         return
@@ -458,6 +469,23 @@ def _too_many_failed(step: _Pass) -> tuple[str, str] | None:
     return (
         Reason.TOO_MANY_FAILED_TASKS,
         f"{failed} tasks failed, more than maxFailedTasks ({limit}); see recentFailures",
+    )
+
+
+def _finished_with_failures(step: _Pass) -> tuple[str, str] | None:
+    """Every task finished and some failed: the batch is Failed, never Complete, so
+    `kubectl wait --for=condition=Complete` means every task succeeded or was skipped (the
+    Indexed Job with backoffLimitPerIndex decides the same way)."""
+    if not step.ledger.failed:
+        return None
+    return (Reason.TASKS_FAILED, _summary(step) + "; see recentFailures")
+
+
+def _summary(step: _Pass) -> str:
+    ledger = step.ledger
+    return (
+        f"{len(ledger.succeeded)} succeeded, {len(ledger.failed)} failed, "
+        f"{len(ledger.skipped)} skipped of {step.obs.total} tasks"
     )
 
 
@@ -597,11 +625,7 @@ def set_conditions(step: _Pass) -> None:
 
 
 def _set_complete(step: _Pass) -> None:
-    ledger = step.ledger
-    summary = (
-        f"{len(ledger.succeeded)} succeeded, {len(ledger.failed)} failed, "
-        f"{len(ledger.skipped)} skipped of {step.obs.total} tasks"
-    )
+    summary = _summary(step)
     if step.set_condition(ConditionType.COMPLETE, "True", Reason.ALL_TASKS_FINISHED, summary):
         step.event("Normal", "Completed", summary)
     step.set_condition(ConditionType.PROGRESSING, "False", Reason.ALL_TASKS_FINISHED, summary)
