@@ -249,6 +249,7 @@ def test_non_retriable_exit_code_fails_the_task_at_once(batches: Batches):
     status = batches.status("fatal")
     assert status["failedIndexes"] == "1"
     assert len(status["recentFailures"]) == 1
+    assert status["recentFailures"][0]["reason"] == "NonRetriableExit"
     assert "non-retriable" in status["recentFailures"][0]["message"]
 
 

@@ -58,6 +58,15 @@ class Reason(StrEnum):
     TASK_LIST_CHANGED = "TaskListChanged"
 
 
+class FailureReason(StrEnum):
+    """`recentFailures[].reason` values the operator itself decides (the others come from the
+    pod or the worker: Error, OOMKilled, NoGPU, Evicted, ...)."""
+
+    INVALID_TASK = "InvalidTask"  # the task cannot be rendered; it failed without a pod
+    NON_RETRIABLE_EXIT = "NonRetriableExit"  # exit code in retry.nonRetriableExitCodes
+    DEADLINE_EXCEEDED = "DeadlineExceeded"  # the attempt ran past taskDeadlineSeconds
+
+
 class _StatusModel(BaseModel):
     """Base of status models: camelCase on the wire, unknown fields ignored.
 
@@ -135,7 +144,10 @@ class TaskFailure(_StatusModel):
     exit_code: int | None = Field(None, description="Exit code of the task container.")
     reason: str = Field(
         max_length=128,
-        description="Short cause, e.g. Error, OOMKilled, DeadlineExceeded, NoGPU, Evicted.",
+        description=(
+            "Short cause: InvalidTask, NonRetriableExit or DeadlineExceeded (decided by the "
+            "operator), else the pod's or worker's, e.g. Error, OOMKilled, NoGPU, Evicted."
+        ),
     )
     message: str = Field(
         "",

@@ -46,6 +46,7 @@ from gpubatch.api.status import (
     RECENT_FAILURES_LIMIT,
     UNKNOWN_GPU_MODEL,
     ConditionType,
+    FailureReason,
     GPUBatchStatus,
     Reason,
     RetryState,
@@ -316,7 +317,7 @@ def fail_invalid_tasks(step: _Pass) -> None:
             TaskFailure(
                 index=index,
                 attempt=0,
-                reason="InvalidTask",
+                reason=FailureReason.INVALID_TASK,
                 message=problem[-FAILURE_MESSAGE_LIMIT:],
                 time=step.obs.now,
             ),
