@@ -93,11 +93,12 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def _unrenderable_tasks(prepared: PreparedBatch) -> dict[int, str]:
-    """Every task's outputs rendered (no storage needed): the tasks that would fail alone."""
+    """Every task rendered (outputs, argv, env; no storage needed): the tasks that would fail
+    alone."""
     invalid: dict[int, str] = {}
     for task in prepared.tasks.tasks(range(len(prepared.tasks))):
         try:
-            prepared.renderer.outputs(task)
+            prepared.renderer.render(task)
         except TaskSpecError as err:
             invalid[task.index] = err.problem
     return invalid
