@@ -109,13 +109,6 @@ class TaskRenderer:
                 compiled.append(template)
             return tuple(compiled)
 
-        if spec.worker.wrap and not container.command:
-            raise SpecError(
-                "worker.wrap runs the task's command through gpubatch-worker, so the task "
-                "container must set command (and optionally args); or set worker.wrap: false to "
-                "use the image's own entrypoint",
-                field=f"{where}.command",
-            )
         self._command = compile_list(container.command, "command")
         self._args = compile_list(container.args, "args")
         if spec.worker.shell:
