@@ -737,7 +737,7 @@ CASES: Final[tuple[Case, ...]] = (
                 "matrix": {
                     "shot": {"range": {"stop": 10**4}},
                     "b": {"range": {"start": 10**4, "stop": 0, "step": -1}},
-                    "c": {"values": ["x", "y"]},
+                    "c": {"values": ["p", "q"]},
                 },
             }
         },

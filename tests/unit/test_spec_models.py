@@ -450,3 +450,12 @@ def test_record_helpers_update_the_status_in_place():
     record_success(status, "A100", 12.0)
     record_failure(status, "A100")
     assert (status.gpu_models[0].succeeded, status.gpu_models[0].failed) == (1, 1)
+
+
+def test_an_over_long_inline_list_says_to_use_a_manifest_or_server_side_apply():
+    raw = minimal(tasks={"items": [{"a": i} for i in range(S.MAX_INLINE_ITEMS + 1)]})
+    with pytest.raises(SpecError) as err:
+        parse_spec(raw)
+    assert "at most 10000 items" in str(err.value)
+    assert "spec.tasks.manifest" in str(err.value)
+    assert "kubectl apply --server-side" in str(err.value)

@@ -119,6 +119,14 @@ _GPU_RESOURCE_RE: Final = re.compile(GPU_RESOURCE_PATTERN)
 MSG_MANIFEST_FORMAT: Final = (
     "set manifest.format (jsonl or csv): it cannot be inferred from the path's extension"
 )
+#: Said wherever a large inline list is refused: where the tasks belong instead, and how to
+#: apply a large object (client-side apply copies it into an annotation, doubling the request,
+#: which the API server refuses as "Request entity too large").
+LARGE_LIST_ADVICE: Final = (
+    "list the tasks in a manifest file (spec.tasks.manifest) instead, and apply large batches "
+    "with `kubectl apply --server-side` (client-side apply copies the whole object into the "
+    "last-applied annotation, doubling the request)"
+)
 MSG_RANGE_TOO_LARGE: Final = (
     f"the range yields more than {MAX_TASKS} tasks, the most one batch may have: split it "
     "into several batches (start/stop)"
@@ -518,7 +526,7 @@ class TaskSource(_SpecModel):
         ),
         description="Inline list of tasks, each a map of parameter name to value (string or "
         "integer; quote floats and booleans). Every item sets the same names. At most 10000 "
-        "items: use manifest for more.",
+        "items: for more, " + LARGE_LIST_ADVICE + ".",
     )
     range: RangeSource | None = Field(
         None, description="One task per integer of start..stop (stop exclusive) by step."
