@@ -267,6 +267,15 @@ class GPUBatchStatus(_StatusModel):
     completion_time: datetime | None = Field(
         None, description="When the batch became Complete or Failed."
     )
+    suspended_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds the batch spent suspended after it started (ended suspensions); "
+        "activeDeadlineSeconds does not count them.",
+    )
+    suspended_since: datetime | None = Field(
+        None, description="When the current suspension began, while spec.suspend is true."
+    )
     conditions: list[Annotated[Condition, Field(description="One condition.")]] = Field(
         default_factory=list,
         json_schema_extra=list_map("type"),

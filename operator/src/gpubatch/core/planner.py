@@ -446,6 +446,7 @@ def decide_batch_end(step: _Pass) -> None:
     obs, status = step.obs, step.status
     if status.start_time is None and (obs.pods or step.in_flight):
         status.start_time = obs.now
+    _track_suspension(step)
     step.failure = step.blocked or _too_many_failed(step) or _past_batch_deadline(step)
     if condition_is(obs.status, ConditionType.FAILED) and step.failure is None:
         # A Failed batch stays Failed unless it was blocked (an invalid spec, a changed task
@@ -490,17 +491,39 @@ def _summary(step: _Pass) -> str:
     )
 
 
+def _track_suspension(step: _Pass) -> None:
+    """Keep the time a started batch spends suspended, so activeDeadlineSeconds never counts
+    it: a suspension opens `suspendedSince`; a resume adds it to `suspendedSeconds`. (The Job
+    resets its startTime instead; keeping startTime keeps the batch's makespan true.)"""
+    obs, status = step.obs, step.status
+    if obs.spec.suspend:
+        if status.suspended_since is None and status.start_time is not None:
+            status.suspended_since = obs.now
+    elif status.suspended_since is not None:
+        status.suspended_seconds += _since(obs.now, status.suspended_since)
+        status.suspended_since = None
+
+
+def _active_seconds(step: _Pass) -> float:
+    """Seconds the batch has run since its first dispatch, not counting suspensions."""
+    status, now = step.status, step.obs.now
+    suspended = status.suspended_seconds + _since(now, status.suspended_since)
+    return _since(now, status.start_time) - suspended
+
+
 def _past_batch_deadline(step: _Pass) -> tuple[str, str] | None:
     deadline, started = step.obs.spec.active_deadline_seconds, step.status.start_time
     if deadline is None or not started:
         return None
-    left = deadline - _since(step.obs.now, started)
+    left = deadline - _active_seconds(step)
     if left > 0:
-        step.wakes.append(left)
+        if step.status.suspended_since is None:  # suspended, the clock stands still
+            step.wakes.append(left)
         return None
     return (
         Reason.DEADLINE_EXCEEDED,
-        f"the batch ran longer than activeDeadlineSeconds ({deadline})",
+        f"the batch ran longer than activeDeadlineSeconds ({deadline}), not counting time "
+        "it spent suspended",
     )
 
 
