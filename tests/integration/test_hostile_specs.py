@@ -276,6 +276,9 @@ def test_a_manifest_row_escaping_output_root_fails_that_task_alone(
     for index in bad:
         assert failures[index]["reason"] == "InvalidTask"
         assert ESCAPING_ROWS[index].message in failures[index]["message"]
+    events = testbed.kubectl("-n", namespace, "get", "events", "-o", "json")
+    reasons = {e["reason"] for e in json.loads(events.stdout)["items"]}
+    assert {"InvalidTasks", "TasksFailed"} <= reasons
     # Only the good rows ever got a pod; the escaping ones never did.
     assert {int(name.split("-")[1]) for name in monitor.created} == good
     assert monitor.violations == []
