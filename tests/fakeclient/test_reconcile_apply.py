@@ -207,6 +207,32 @@ def test_a_spec_that_does_not_parse_fails_the_batch_and_creates_nothing():
     assert loop.kube.called("create_pod") == []
 
 
+def test_colliding_outputs_fail_the_batch_as_invalid_spec_and_create_nothing():
+    loop = Loop()
+    axes = {"shot": {"range": {"stop": 3}}, "scale": {"values": ["1x", "2x"]}}
+    loop.batch.spec = {**a_raw_spec(), "tasks": {"matrix": axes}}  # outputs name only {shot}
+
+    loop.run_pass()
+
+    status = loop.status()
+    assert condition(status, ConditionType.FAILED) == ("True", Reason.INVALID_SPEC)
+    failed = next(c for c in status.conditions if c.type == ConditionType.FAILED)
+    assert "tasks 0 and 3 both write output '/out/0.npy'" in failed.message
+    assert [e.reason for e in loop.batch.events] == [Reason.INVALID_SPEC]
+    assert loop.kube.called("create_pod") == []
+
+
+def test_a_batch_with_a_failed_task_ends_failed_and_still_honours_its_ttl():
+    loop = Loop(tasks=1, ttlSecondsAfterFinished=0, retry={"limit": 0})
+    loop.run_pass()
+    loop.kube.finish(loop.kube.views()[0].name, exit_code=3)
+
+    loop.run_pass()
+
+    assert condition(loop.status(), ConditionType.FAILED) == ("True", Reason.TASKS_FAILED)
+    assert loop.kube.batch_deleted
+
+
 def test_a_finished_batch_past_its_ttl_deletes_itself():
     loop = Loop(tasks=1, ttlSecondsAfterFinished=0)
     loop.run_pass()

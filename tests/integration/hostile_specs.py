@@ -388,6 +388,17 @@ CASES: Final[tuple[Case, ...]] = (
         {"outputs": [f"/data/out/{i}-{{shot}}.npy" for i in range(17)]},
         "must have at most 16 items",
     ),
+    failed(
+        "colliding-outputs",
+        "outputs name one of two matrix axes, so two tasks write each file",
+        {
+            "tasks": {
+                **_NO_RANGE,
+                "matrix": {"shot": {"range": {"stop": 3}}, "scale": {"values": ["1x", "2x"]}},
+            }
+        },
+        "tasks 0 and 3 both write output '/data/out/shot-0.npy'",
+    ),
     # --- ordering ------------------------------------------------------------------------------
     refused(
         "longest-first-without-cost",
@@ -696,13 +707,13 @@ CASES: Final[tuple[Case, ...]] = (
         "costParam 'cost' is 'lots', not a finite number",
     ),
     # --- size ----------------------------------------------------------------------------------
-    failed(
+    refused(
         "too-many-tasks-range",
         "a range of 10^15 tasks (limit 10^7)",
         {"tasks": {"range": {"stop": 10**15}}},
-        "yields 1000000000000000 tasks; at most 10000000 are allowed in one batch",
+        "the range yields more than 10000000 tasks, the most one batch may have",
     ),
-    failed(
+    refused(
         "too-many-tasks-matrix",
         "3 matrix axes of 300 values: 27 million tasks",
         {
@@ -715,7 +726,28 @@ CASES: Final[tuple[Case, ...]] = (
                 },
             }
         },
-        "yields 27000000 tasks; at most 10000000 are allowed in one batch",
+        "the matrix's values and range axes multiply to more than 10000000 tasks",
+    ),
+    refused(
+        "too-many-tasks-matrix-range-axes",
+        "2 matrix range axes of 10^4 and 10^4 plus a values axis of 2: 2*10^8 tasks",
+        {
+            "tasks": {
+                **_NO_RANGE,
+                "matrix": {
+                    "shot": {"range": {"stop": 10**4}},
+                    "b": {"range": {"start": 10**4, "stop": 0, "step": -1}},
+                    "c": {"values": ["p", "q"]},
+                },
+            }
+        },
+        "the matrix's values and range axes multiply to more than 10000000 tasks",
+    ),
+    refused(
+        "wrapped-task-container-without-command",
+        "worker.wrap (the default) and a task container without command",
+        containers(command=None),
+        "so the task container must set command",
     ),
 )
 CASES_BY_ID: Final = {case.id: case for case in CASES}

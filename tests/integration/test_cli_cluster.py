@@ -111,7 +111,7 @@ def test_report_shows_models_and_failures_and_plots_the_pods_that_exist(
         podCleanup={"succeeded": "Keep"},
     )
     batches.create(body)
-    batches.wait_condition("cli-report", "Complete")
+    batches.wait_condition("cli-report", "Failed")  # two tasks failed: Failed/TasksFailed
     plot = tmp_path / "timeline.png"
     report = cli("report", "cli-report", "--plot", str(plot))
     assert report.returncode == 0, report.stderr

@@ -51,11 +51,18 @@ def get(bed: Testbed, namespace: str, name: str) -> dict[str, Any]:
     return json.loads(out)
 
 
+CONTAINER: dict[str, Any] = {
+    "name": "t",
+    "image": "registry.example.com/t:1",
+    "command": ["python", "run.py"],
+}
+
+
 def batch(**spec_overrides: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "tasks": {"range": {"param": "shot", "stop": 10}},
         "outputs": ["/out/{shot}.npy"],
-        "template": {"spec": {"containers": [{"name": "t", "image": "registry.example.com/t:1"}]}},
+        "template": {"spec": {"containers": [CONTAINER]}},
     }
     spec.update(spec_overrides)
     return {
@@ -106,7 +113,7 @@ def test_server_defaults_are_the_model_defaults(bed: Testbed, namespace: str):
 
 # ------------------------------------------------------------------------------- refusals
 def containers(**extra: Any) -> dict[str, Any]:
-    return {"spec": {"containers": [{"name": "t", "image": "registry.example.com/t:1", **extra}]}}
+    return {"spec": {"containers": [{**CONTAINER, **extra}]}}
 
 
 BAD: list[tuple[str, dict[str, Any], str]] = [
@@ -154,6 +161,35 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         S.MSG_RESTART_POLICY,
     ),
     ("unknown task container", {"taskContainer": "main"}, S.MSG_TASK_CONTAINER),
+    (
+        "wrapped task container without command",
+        {"template": {"spec": {"containers": [{"name": "t", "image": "i:1"}]}}},
+        S.MSG_WRAP_NEEDS_COMMAND,
+    ),
+    (
+        "named wrapped task container without command",
+        {
+            "taskContainer": "main",
+            "template": {"spec": {"containers": [CONTAINER, {"name": "main", "image": "i:1"}]}},
+        },
+        S.MSG_WRAP_NEEDS_COMMAND,
+    ),
+    ("range too large", {"tasks": {"range": {"stop": S.MAX_TASKS + 1}}}, S.MSG_RANGE_TOO_LARGE),
+    (
+        "matrix too large",
+        {
+            "tasks": {
+                "matrix": {
+                    "a": {"range": {"stop": 5000}},
+                    "b": {"range": {"start": 5000, "stop": 0, "step": -1}},
+                    "c": {"values": ["p", "q"]},
+                    "d": {"files": "/in/*.png"},
+                }
+            },
+            "outputs": ["/o/{a}-{b}-{c}-{d.stem}"],
+        },
+        S.MSG_MATRIX_TOO_LARGE,
+    ),
     ("dotdot output", {"outputs": ["/out/../etc/{shot}"]}, S.MSG_OUTPUT_DOTDOT),
     ("relative output", {"outputs": ["out/{shot}.npy"]}, S.MSG_OUTPUT_ABSOLUTE),
     ("relative root", {"outputRoot": "data/out"}, S.MSG_OUTPUT_ROOT),
@@ -174,6 +210,28 @@ def test_bad_spec_is_refused_by_the_api_server_with_a_message_saying_what_to_cha
     result = apply(bed, namespace, batch(**overrides), check=False)
     assert result.returncode != 0, f"accepted: {overrides}"
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"tasks": {"range": {"stop": S.MAX_TASKS}}},
+        {
+            "tasks": {"matrix": {"a": {"range": {"stop": 3000}}, "b": {"range": {"stop": 3000}}}},
+            "outputs": ["/o/{a}-{b}"],
+        },
+        {
+            "worker": {"wrap": False},
+            "template": {"spec": {"containers": [{"name": "t", "image": "i:1"}]}},
+        },
+    ],
+    ids=["range-at-the-limit", "matrix-of-9-million", "unwrapped-without-command"],
+)
+def test_specs_at_the_new_limits_are_accepted(
+    bed: Testbed, namespace: str, overrides: dict[str, Any]
+):
+    result = apply(bed, namespace, batch(**overrides), check=False)
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_refused_spec_reports_every_problem_at_once(bed: Testbed, namespace: str):
@@ -213,6 +271,8 @@ def test_status_written_by_the_model_reads_back_unpruned(
         retries=[RetryState(index=7, attempts=1, failures=1, not_before=now)],
         tasks_fingerprint="0" * 64,
         start_time=now,
+        suspended_seconds=12.5,
+        suspended_since=now,
         conditions=[
             Condition(
                 type="Progressing",

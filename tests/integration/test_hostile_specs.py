@@ -263,7 +263,8 @@ def test_a_manifest_row_escaping_output_root_fails_that_task_alone(
     with PodMonitor(testbed, namespace) as monitor:
         result = apply(testbed, namespace, body)
         assert result.returncode == 0, result.stderr
-        batches.wait_condition("escape", "Complete", timeout=60)
+        failed = batches.wait_condition("escape", "Failed", timeout=60)
+        assert failed["reason"] == "TasksFailed"
 
     bad = {i for i, row in enumerate(ESCAPING_ROWS) if row.fails}
     good = set(range(len(ESCAPING_ROWS))) - bad
@@ -275,6 +276,9 @@ def test_a_manifest_row_escaping_output_root_fails_that_task_alone(
     for index in bad:
         assert failures[index]["reason"] == "InvalidTask"
         assert ESCAPING_ROWS[index].message in failures[index]["message"]
+    events = testbed.kubectl("-n", namespace, "get", "events", "-o", "json")
+    reasons = {e["reason"] for e in json.loads(events.stdout)["items"]}
+    assert {"InvalidTasks", "TasksFailed"} <= reasons
     # Only the good rows ever got a pod; the escaping ones never did.
     assert {int(name.split("-")[1]) for name in monitor.created} == good
     assert monitor.violations == []

@@ -39,14 +39,14 @@ STATES: dict[str, tuple[dict[str, Any], str]] = {
         "Progressing",
     ),
     "complete": (batch("complete", tasks={"range": {"start": 0, "stop": 2}}), "Complete"),
-    "complete-one-failed": (
+    "one-failed": (
         batch(
-            "complete-one-failed",
+            "one-failed",
             tasks={"range": {"start": 0, "stop": 3}},
             annotations={"sim.gpubatch.io/fail-indexes": "1"},
             retry={"limit": 0},
         ),
-        "Complete",
+        "Failed",  # every task finished and one failed: Failed/TasksFailed, never Complete
     ),
     "failed": (
         batch(
@@ -116,7 +116,7 @@ def test_get_gpub_shows_progress_columns(objects: Objects):
     assert seen == {
         "running": ("4", "0", "0", "0", "1", "0/4", "Progressing"),
         "complete": ("2", "2", "0", "0", "0", "2/2", "Complete"),
-        "complete-one-failed": ("3", "2", "1", "0", "0", "3/3", "Complete"),
+        "one-failed": ("3", "2", "1", "0", "0", "3/3", "Failed"),
         "failed": ("2", "0", "1", "0", "0", "1/2", "Failed"),
         "invalid": ("0", "0", "0", "0", "0", "0/0", "Failed"),
         "suspended": ("3", "0", "0", "0", "0", "0/3", "Suspended"),
@@ -140,7 +140,7 @@ def test_short_name_and_plural_and_kind_all_work(objects: Objects):
     ("name", "expected"),
     [
         ("complete", [("Normal", "Started"), ("Normal", "Completed")]),
-        ("complete-one-failed", [("Warning", "TaskFailed"), ("Normal", "Completed")]),
+        ("one-failed", [("Warning", "TaskFailed"), ("Warning", "TasksFailed")]),
         ("failed", [("Warning", "TaskFailed"), ("Warning", "TooManyFailedTasks")]),
         ("invalid", [("Warning", "InvalidSpec")]),
         ("suspended", [("Normal", "Suspended")]),
@@ -246,14 +246,14 @@ def test_argocd_health_check_on_real_status_objects(objects: Objects):
     assert {name: h["status"] for name, h in health.items()} == {
         "running": "Progressing",
         "complete": "Healthy",
-        "complete-one-failed": "Healthy",
+        "one-failed": "Degraded",
         "failed": "Degraded",
         "invalid": "Degraded",
         "suspended": "Suspended",
     }
     assert health["running"]["message"] == "0/4 tasks finished"
-    assert health["complete-one-failed"]["message"].startswith(
-        "3/3 tasks finished: 2 succeeded, 1 failed"
+    assert health["one-failed"]["message"].startswith(
+        "TasksFailed: 2 succeeded, 1 failed, 0 skipped of 3 tasks"
     )
     assert health["failed"]["message"].startswith("TooManyFailedTasks: ")
     assert health["invalid"]["message"].startswith("InvalidSpec: ")

@@ -227,12 +227,13 @@ def test_task_fails_after_its_retry_limit_and_others_continue(batches: Batches):
         retry={"limit": 1, "backoffSeconds": 1},
     )
     batches.create(body)
-    batches.wait_condition("limits", "Complete", timeout=60)
+    failed = batches.wait_condition("limits", "Failed", timeout=60)
+    assert failed["reason"] == "TasksFailed"
     status = batches.status("limits")
     assert status["failedIndexes"] == "4"
     assert status["succeededIndexes"] == "0-3,5"
     assert [f["attempt"] for f in status["recentFailures"]] == [0, 1]
-    assert "1 failed" in batches.condition("limits", "Complete")["message"]
+    assert "5 succeeded, 1 failed" in failed["message"]
 
 
 def test_non_retriable_exit_code_fails_the_task_at_once(batches: Batches):
@@ -244,10 +245,11 @@ def test_non_retriable_exit_code_fails_the_task_at_once(batches: Batches):
         retry={"limit": 5, "nonRetriableExitCodes": [42]},
     )
     batches.create(body)
-    batches.wait_condition("fatal", "Complete", timeout=60)
+    assert batches.wait_condition("fatal", "Failed", timeout=60)["reason"] == "TasksFailed"
     status = batches.status("fatal")
     assert status["failedIndexes"] == "1"
     assert len(status["recentFailures"]) == 1
+    assert status["recentFailures"][0]["reason"] == "NonRetriableExit"
     assert "non-retriable" in status["recentFailures"][0]["message"]
 
 
@@ -289,7 +291,7 @@ def test_task_deadline_stops_a_long_attempt_and_counts_it(batches: Batches):
         podCleanup={"failed": "Keep"},
     )
     batches.create(body)
-    batches.wait_condition("slowpoke", "Complete", timeout=60)
+    assert batches.wait_condition("slowpoke", "Failed", timeout=60)["reason"] == "TasksFailed"
     status = batches.status("slowpoke")
     assert status["failedIndexes"] == "0"
     assert status["recentFailures"][0]["reason"] == "DeadlineExceeded"

@@ -509,7 +509,7 @@ def test_status_and_report_read_the_local_records_and_plot_a_timeline(tmp_path, 
     state = ["--local", "--state-dir", str(tmp_path / "state")]
     assert main(["status", "shots", *state]) == 1
     status = capsys.readouterr().out
-    assert "state: Complete" in status and "failed tasks: 2" in status
+    assert "state: Failed" in status and "failed tasks: 2" in status
     plot = tmp_path / "timeline.png"
     assert main(["report", "shots", *state, "--plot", str(plot)]) == 0
     report = capsys.readouterr().out
@@ -614,3 +614,14 @@ def test_outputs_beyond_the_first_scan_are_checked_while_tasks_run(tmp_path, mon
     }
     state = json.loads((tmp_path / "state" / "status.json").read_text())
     assert state["status"]["counts"]["skipped"] == 4
+
+
+def test_run_refuses_two_tasks_that_write_the_same_output_before_starting_any(tmp_path, capsys):
+    path = batch_file(tmp_path, WRITE)
+    body = yaml.safe_load(path.read_text())
+    axes = {"n": {"range": {"stop": 2}}, "scale": {"values": ["a", "b"]}}
+    body["spec"]["tasks"] = {"matrix": axes}
+    path.write_text(yaml.safe_dump(body))
+    assert run(path, tmp_path) == 2
+    assert "tasks 0 and 1 both write output" in capsys.readouterr().err
+    assert outputs(tmp_path) == {}

@@ -229,3 +229,30 @@ def test_cluster_commands_without_a_kubeconfig_say_how_to_point_at_a_cluster(
     assert main(["status", "shots"]) == 3
     err = capsys.readouterr().err
     assert "no cluster configured" in err and "gpubatch run FILE" in err
+
+
+def test_validate_refuses_two_tasks_that_write_the_same_output(tmp_path, capsys):
+    path = shots_batch(tmp_path)
+    path.write_text(
+        path.read_text().replace(
+            "range: {param: shot, start: 0, stop: 4, step: 1}",
+            "matrix: {shot: {range: {stop: 2}}, scale: {values: [a, b]}}",
+        )
+    )
+    assert main(["validate", str(path)]) == 2
+    assert "tasks 0 and 2 both write output" in capsys.readouterr().err
+
+
+def test_validate_renders_every_task_and_refuses_tasks_whose_output_escapes(tmp_path, capsys):
+    manifest = tmp_path / "rows.jsonl"
+    manifest.write_text('{"shot": "a"}\n{"shot": "../../etc/x"}\n')
+    path = shots_batch(tmp_path)
+    path.write_text(
+        path.read_text().replace(
+            "range: {param: shot, start: 0, stop: 4, step: 1}", f"manifest: {{path: {manifest}}}"
+        )
+    )
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 task(s) cannot run and would fail without a pod, e.g. task 1:" in err
+    assert "contains a '..' segment" in err

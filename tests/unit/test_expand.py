@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpubatch.api.spec import GPUBatchSpec, Order, TaskSource
+from gpubatch.api.spec import MAX_TASKS, GPUBatchSpec, Order, TaskSource
 from gpubatch.core.errors import SpecError, TaskSpecError
-from gpubatch.core.expand import MAX_TASKS, FileInfo, Task, expand
+from gpubatch.core.expand import FileInfo, Task, expand
 from gpubatch.core.order import dispatch_order
 from gpubatch.core.prepare import parse_spec, prepare_batch
 
@@ -146,9 +146,12 @@ def test_a_new_file_changes_the_fingerprint():
     assert before.fingerprint != after.fingerprint
 
 
-def test_too_many_tasks_is_refused_with_advice():
+def test_too_many_tasks_through_a_files_axis_is_refused_with_advice():
+    # values and range axes are refused by the model (and CEL); a files axis only once listed
+    files = FakeFiles({"/v/a.mp4": 1, "/v/b.mp4": 1})
+    matrix = {"a": {"range": {"stop": MAX_TASKS // 2 + 1}}, "v": {"files": "/v/*.mp4"}}
     with pytest.raises(SpecError, match=f"at most {MAX_TASKS}.*split it"):
-        expand(source(matrix={"a": {"range": {"stop": 100_000}}, "b": {"range": {"stop": 1000}}}))
+        expand(source(matrix=matrix), files=files)
 
 
 def test_task_index_out_of_range_raises_index_error():

@@ -151,6 +151,12 @@ def test_a_non_retriable_exit_code_fails_the_task_at_once():
     assert "exit code 2 is listed as non-retriable" in verdict.message
 
 
+def test_a_non_retriable_exit_has_its_own_reason_and_keeps_the_pods_reason_in_the_message():
+    verdict = judge(failed(exit_code=2), nonRetriableExitCodes=[2])
+    assert verdict.reason == "NonRetriableExit"
+    assert verdict.message.startswith("Error: command exited with code 2 (exit code 2 is")
+
+
 def test_non_retriable_codes_are_read_from_the_workers_result_first():
     message = a_result(outcome=Outcome.FAILED, exit_code=5, reason=Reason.NON_ZERO_EXIT).encode()
     verdict = judge(failed(exit_code=1, message=message), nonRetriableExitCodes=[5])

@@ -538,6 +538,63 @@ def test_before_the_batch_deadline_the_pass_asks_to_be_woken_at_it():
     assert result.wake_in == pytest.approx(40)
 
 
+def test_time_spent_suspended_does_not_count_against_the_batch_deadline():
+    spec = a_spec(activeDeadlineSeconds=60)
+    # started 100 s ago, suspended for 50 s of it: 50 s of the 60 used
+    status = a_status(start_time=ago(100), suspended_seconds=50.0)
+    result = plan(an_observation(spec, status=status, pods=[running(0)], cursor=10))
+    assert condition_of(result.status, ConditionType.FAILED) == ("False", Why.DISPATCHING)
+    assert result.wake_in == pytest.approx(10)
+
+
+def test_suspending_a_started_batch_stops_its_deadline_clock_until_resumed():
+    status = a_status(start_time=ago(50))
+    suspended = an_observation(
+        a_spec(activeDeadlineSeconds=60, suspend=True), status=status, pods=[running(0)]
+    )
+    first = plan(suspended)
+    assert first.status.suspended_since == NOW
+    assert first.wake_in is None  # the clock stands still: no deadline timer
+
+    # an hour later, still suspended: not failed
+    later_on = again(first, suspended, now=NOW + timedelta(hours=1))
+    assert condition_of(later_on.status, ConditionType.FAILED) == ("False", Why.DISPATCHING)
+
+    resumed = replace(suspended, spec=a_spec(activeDeadlineSeconds=60), cursor=10)
+    back = again(later_on, resumed, now=NOW + timedelta(hours=1))
+    assert back.status.suspended_since is None
+    assert back.status.suspended_seconds == pytest.approx(3600)
+    assert condition_of(back.status, ConditionType.FAILED) == ("False", Why.DISPATCHING)
+    assert back.wake_in == pytest.approx(10)  # 50 s of 60 were used before the suspension
+    assert back.status.start_time == status.start_time  # the makespan stays true
+
+
+def test_a_batch_suspended_before_it_started_has_nothing_to_pause():
+    result = plan(an_observation(a_spec(activeDeadlineSeconds=60, suspend=True)))
+    assert result.status.start_time is None
+    assert result.status.suspended_since is None
+
+
+def test_the_task_deadline_counts_from_the_task_containers_start_not_the_pods():
+    spec = a_spec(taskDeadlineSeconds=60)
+    # the pod was created 10 minutes ago, but its container started 30 s ago (image pull)
+    pulled = running(0, created_at=ago(600).timestamp(), started_at=ago(30).timestamp())
+    result = plan(an_observation(spec, pods=[pulled], cursor=10))
+    assert result.stop == []
+    assert result.wake_in == pytest.approx(30)
+
+
+def test_an_invalid_spec_batch_is_deleted_once_past_its_ttl():
+    spec = a_spec(ttlSecondsAfterFinished=60)
+    obs = an_observation(spec, spec_error="spec.tasks.files: the glob matched nothing")
+    first = plan(obs)
+    assert condition_of(first.status, ConditionType.FAILED) == ("True", Why.INVALID_SPEC)
+    assert first.status.completion_time == NOW
+    assert not first.delete_batch
+    assert first.wake_in == pytest.approx(60)
+    assert again(first, obs, now=NOW + timedelta(seconds=61)).delete_batch
+
+
 def test_a_running_attempt_past_the_task_deadline_is_stopped_with_that_reason():
     spec = a_spec(taskDeadlineSeconds=60)
     late = running(0, started_at=ago(61).timestamp())
@@ -673,8 +730,8 @@ def test_a_batch_whose_outputs_all_exist_completes_without_a_pod():
 
 
 # ------------------------------------------------------------------------------ completion
-def test_the_batch_completes_when_every_task_is_final_and_says_so_once():
-    status = a_status(succeeded=[0], failed=[1], start_time=ago(300))
+def test_the_batch_completes_when_every_task_succeeded_or_was_skipped_and_says_so_once():
+    status = a_status(succeeded=[0], skipped=[1], start_time=ago(300))
     obs = an_observation(total=3, status=status, pods=[succeeded(2)])
     done = plan(obs)
 
@@ -685,7 +742,7 @@ def test_the_batch_completes_when_every_task_is_final_and_says_so_once():
     )
     assert condition_of(done.status, ConditionType.FAILED) == ("False", Why.DISPATCHING)
     assert condition(done.status, ConditionType.COMPLETE).message == (
-        "2 succeeded, 1 failed, 0 skipped of 3 tasks"
+        "2 succeeded, 0 failed, 1 skipped of 3 tasks"
     )
     assert [(e.type, e.reason) for e in done.events] == [("Normal", "Completed")]
     assert done.finished
@@ -695,6 +752,41 @@ def test_the_batch_completes_when_every_task_is_final_and_says_so_once():
     repeat = again(done, obs, now=NOW + timedelta(seconds=30))
     assert repeat.events == []
     assert repeat.status.completion_time == NOW
+
+
+def test_a_batch_whose_tasks_all_finished_with_one_failed_ends_failed_with_the_counts():
+    status = a_status(succeeded=[0], failed=[1], start_time=ago(300))
+    obs = an_observation(total=3, status=status, pods=[succeeded(2)])
+    done = plan(obs)
+
+    assert condition_of(done.status, ConditionType.FAILED) == ("True", Why.TASKS_FAILED)
+    assert condition_of(done.status, ConditionType.COMPLETE) == ("False", Why.TASKS_FAILED)
+    assert condition_of(done.status, ConditionType.PROGRESSING) == ("False", Why.TASKS_FAILED)
+    assert condition(done.status, ConditionType.FAILED).message == (
+        "2 succeeded, 1 failed, 0 skipped of 3 tasks; see recentFailures"
+    )
+    assert [(e.type, e.reason) for e in done.events] == [("Warning", "TasksFailed")]
+    assert done.finished
+    assert done.status.completion_time == NOW
+    assert again(done, obs, now=NOW + timedelta(seconds=30)).events == []
+
+
+def test_a_batch_whose_every_task_is_invalid_ends_failed_with_a_warning_for_the_invalid_tasks():
+    problem = "output '/etc/x' is outside outputRoot '/out'; write outputs inside it"
+    obs = an_observation(total=2, invalid_tasks={0: problem, 1: problem})
+    done = plan(obs)
+
+    assert condition_of(done.status, ConditionType.FAILED) == ("True", Why.TASKS_FAILED)
+    warnings = [(e.reason, e.message) for e in done.events if e.type == "Warning"]
+    assert (
+        "InvalidTasks",
+        f"2 task(s) cannot run and failed without a pod, e.g. task 0: {problem}",
+    ) in (warnings)
+    assert ("TasksFailed", "0 succeeded, 2 failed, 0 skipped of 2 tasks; see recentFailures") in (
+        warnings
+    )
+    assert done.create == []
+    assert [e.reason for e in again(done, obs).events] == []
 
 
 def test_completion_time_waits_until_no_pod_is_active():

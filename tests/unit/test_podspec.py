@@ -28,7 +28,6 @@ from gpubatch.api.taskenv import (
     ENV_SHELL,
     ENV_TASK_INDEX,
 )
-from gpubatch.core.errors import SpecError
 from gpubatch.core.partial import partial_path
 from gpubatch.core.podspec import (
     KUBELET_DEADLINE_GRACE,
@@ -250,13 +249,6 @@ def test_without_wrap_command_and_args_are_rendered_but_not_wrapped():
 def test_without_wrap_the_images_entrypoint_may_run():
     spec = a_spec(worker={"wrap": False}, template=a_template(a_container(command=None)))
     assert "command" not in task_container(render(spec))
-
-
-def test_wrap_without_a_command_says_what_to_change():
-    spec = a_spec(template=a_template(a_container(command=None)))
-    with pytest.raises(SpecError, match=r"worker\.wrap") as caught:
-        render(spec)
-    assert caught.value.field == "spec.template.spec.containers[0].command"
 
 
 def test_the_task_environment_is_set_without_pinning_a_gpu():

@@ -142,13 +142,20 @@ def test_the_first_container_in_the_spec_is_found_whatever_the_status_order():
     assert pod.exit_code == 4
 
 
-def test_a_running_pod_has_no_exit_code_and_starts_at_the_pod_start_time():
+def test_a_running_pod_has_no_exit_code_and_starts_when_its_task_container_started():
+    # the pod started at :20, the image pull took until :40: the task deadline counts from :40
     running_status = {"name": "task", "state": {"running": {"startedAt": "2025-03-01T11:58:40Z"}}}
     pod = view(container_statuses=[running_status], start_time="2025-03-01T11:58:20Z")
     assert pod.exit_code is None
     assert pod.message == ""
-    assert pod.started_at == at("2025-03-01T11:58:20")
+    assert pod.started_at == at("2025-03-01T11:58:40")
     assert pod.finished_at is None
+
+
+def test_without_a_container_start_the_pod_start_time_is_used():
+    waiting = {"name": "task", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    pod = view(container_statuses=[waiting], start_time="2025-03-01T11:58:20Z")
+    assert pod.started_at == at("2025-03-01T11:58:20")
 
 
 def test_without_a_terminated_reason_the_pods_own_reason_is_used():

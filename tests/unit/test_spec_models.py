@@ -37,11 +37,14 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("[a-e]-*.yaml"))
 
 
+CONTAINER = {"name": "t", "image": "registry.example.com/t:1", "command": ["run"]}
+
+
 def minimal(**overrides: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "tasks": {"range": {"param": "shot", "stop": 10}},
         "outputs": ["/out/{shot}.npy"],
-        "template": {"spec": {"containers": [{"name": "t", "image": "registry.example.com/t:1"}]}},
+        "template": {"spec": {"containers": [CONTAINER]}},
     }
     raw.update(overrides)
     return raw
@@ -158,7 +161,6 @@ def test_task_container_defaults_to_the_first():
 
 
 # ------------------------------------------------------------------------------- bad specs
-CONTAINER = {"name": "t", "image": "registry.example.com/t:1"}
 
 BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("two sources", minimal(tasks={"range": {"stop": 3}, "items": [{"a": 1}]}), S.MSG_ONE_SOURCE),
@@ -231,6 +233,34 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
         S.MSG_RESTART_POLICY,
     ),
     ("unknown task container", minimal(taskContainer="main"), S.MSG_TASK_CONTAINER),
+    (
+        "wrapped task container without command",
+        minimal(template={"spec": {"containers": [{"name": "t", "image": "i:1"}]}}),
+        S.MSG_WRAP_NEEDS_COMMAND,
+    ),
+    (
+        "range too large",
+        minimal(tasks={"range": {"stop": S.MAX_TASKS + 1}}),
+        S.MSG_RANGE_TOO_LARGE,
+    ),
+    (
+        "range too large counting down",
+        minimal(tasks={"range": {"start": 0, "stop": -3 * S.MAX_TASKS, "step": -2}}),
+        S.MSG_RANGE_TOO_LARGE,
+    ),
+    (
+        "matrix too large",
+        minimal(
+            tasks={
+                "matrix": {
+                    "a": {"values": list(range(300))},
+                    "b": {"values": list(range(300))},
+                    "c": {"range": {"stop": 300}},
+                }
+            }
+        ),
+        S.MSG_MATRIX_TOO_LARGE,
+    ),
     ("cpu as gpu resource", minimal(gpuResource="cpu"), S.MSG_GPU_RESOURCE),
     ("kubernetes.io gpu resource", minimal(gpuResource="kubernetes.io/gpu"), S.MSG_GPU_RESOURCE),
     ("dotdot output", minimal(outputs=["/out/../etc/{shot}"]), S.MSG_OUTPUT_DOTDOT),
@@ -420,3 +450,12 @@ def test_record_helpers_update_the_status_in_place():
     record_success(status, "A100", 12.0)
     record_failure(status, "A100")
     assert (status.gpu_models[0].succeeded, status.gpu_models[0].failed) == (1, 1)
+
+
+def test_an_over_long_inline_list_says_to_use_a_manifest_or_server_side_apply():
+    raw = minimal(tasks={"items": [{"a": i} for i in range(S.MAX_INLINE_ITEMS + 1)]})
+    with pytest.raises(SpecError) as err:
+        parse_spec(raw)
+    assert "at most 10000 items" in str(err.value)
+    assert "spec.tasks.manifest" in str(err.value)
+    assert "kubectl apply --server-side" in str(err.value)

@@ -214,6 +214,35 @@ def test_command_that_assigns_a_gpu_pinning_variable_is_refused(variable):
     assert "remove the assignment" in str(err.value)
 
 
+@pytest.mark.parametrize("variable", ["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"])
+def test_a_parameter_value_that_assigns_a_gpu_pinning_variable_fails_that_task(variable):
+    renderer = TaskRenderer(spec(container={"command": ["env", "{f}", "python", "run.py"]}), ["f"])
+    assert renderer.render(Task(0, {"f": "MODE=fast"})).command == (
+        "env",
+        "MODE=fast",
+        "python",
+        "run.py",
+    )
+    with pytest.raises(TaskSpecError) as err:
+        renderer.render(Task(1, {"f": f"{variable}=1"}))
+    assert err.value.index == 1
+    assert "sets a GPU-pinning variable" in str(err.value)
+    assert "remove the assignment from the parameter values" in str(err.value)
+
+
+def test_an_env_value_from_a_parameter_that_assigns_a_gpu_pinning_variable_fails_that_task():
+    container = {"env": [{"name": "EXTRA_ARGS", "value": "--x {f}"}]}
+    renderer = TaskRenderer(spec(container=container), ["f"])
+    with pytest.raises(TaskSpecError, match="sets a GPU-pinning variable"):
+        renderer.render(Task(0, {"f": "CUDA_VISIBLE_DEVICES=0"}))
+
+
+def test_a_literal_env_value_that_assigns_a_gpu_pinning_variable_is_refused():
+    container = {"env": [{"name": "LAUNCH", "value": "CUDA_VISIBLE_DEVICES=0 python"}]}
+    with pytest.raises(SpecError, match="sets a GPU-pinning variable"):
+        TaskRenderer(spec(container=container), ["f"])
+
+
 def test_relative_outputs_resolve_inside_output_root():
     s = spec(outputRoot="/data/out/", outputs=["{f.stem}/mesh.obj"])
     assert TaskRenderer(s, ["f"]).outputs(Task(0, {"f": "/in/a.png"})) == ("/data/out/a/mesh.obj",)

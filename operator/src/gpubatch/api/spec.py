@@ -43,6 +43,9 @@ MAX_TEMPLATE_LENGTH: Final = 1024
 MAX_CONTAINERS: Final = 16
 MAX_ENV_PER_CONTAINER: Final = 256
 MAX_GPU_MODELS: Final = 32
+#: Most tasks one batch may have. Far above the 100k we design for, low enough that the
+#: operator's per-task bookkeeping (index sets, a dispatch order array) stays in memory.
+MAX_TASKS: Final = 10_000_000
 MAX_EXIT_CODES: Final = 64
 
 #: Parameter names are identifiers so a placeholder `{name}` is unambiguous.
@@ -116,6 +119,27 @@ _GPU_RESOURCE_RE: Final = re.compile(GPU_RESOURCE_PATTERN)
 MSG_MANIFEST_FORMAT: Final = (
     "set manifest.format (jsonl or csv): it cannot be inferred from the path's extension"
 )
+#: Said wherever a large inline list is refused: where the tasks belong instead, and how to
+#: apply a large object (client-side apply copies it into an annotation, doubling the request,
+#: which the API server refuses as "Request entity too large").
+LARGE_LIST_ADVICE: Final = (
+    "list the tasks in a manifest file (spec.tasks.manifest) instead, and apply large batches "
+    "with `kubectl apply --server-side` (client-side apply copies the whole object into the "
+    "last-applied annotation, doubling the request)"
+)
+MSG_RANGE_TOO_LARGE: Final = (
+    f"the range yields more than {MAX_TASKS} tasks, the most one batch may have: split it "
+    "into several batches (start/stop)"
+)
+MSG_MATRIX_TOO_LARGE: Final = (
+    f"the matrix's values and range axes multiply to more than {MAX_TASKS} tasks, the most "
+    "one batch may have: split it into several batches"
+)
+MSG_WRAP_NEEDS_COMMAND: Final = (
+    "worker.wrap runs the task's command through gpubatch-worker, so the task container must "
+    "set command (and optionally args); or set worker.wrap: false to use the image's own "
+    "entrypoint"
+)
 
 #: Every message a CEL rule in the CRD may carry (the CRD test checks this).
 VALIDATION_MESSAGES: Final = frozenset(
@@ -139,6 +163,9 @@ VALIDATION_MESSAGES: Final = frozenset(
         MSG_OUTPUT_ROOT,
         MSG_MANIFEST_FORMAT,
         MSG_GPU_RESOURCE,
+        MSG_RANGE_TOO_LARGE,
+        MSG_MATRIX_TOO_LARGE,
+        MSG_WRAP_NEEDS_COMMAND,
     }
 )
 
@@ -175,6 +202,18 @@ CEL_PARAM_FIELD: Final = cel(
     f"!has(self.param) || ({_param_name_rule('self.param')})", MSG_PARAM_NAME, ".param"
 )
 CEL_PARAM_KEYS: Final = cel(f"self.all(k, {_param_name_rule('k')})", MSG_PARAM_NAME)
+
+
+def _range_size(r: str) -> str:
+    """CEL for len(range(start, stop, step)) of a non-empty range with a non-zero step."""
+    start = f"(has({r}.start) ? {r}.start : 0)"
+    step = f"(has({r}.step) ? {r}.step : 1)"
+    return (
+        f"({step} > 0 ? ({r}.stop - {start} + {step} - 1) / {step} "
+        f": ({start} - {r}.stop - {step} - 1) / (0 - {step}))"
+    )
+
+
 CEL_RANGE: Final = (
     cel("self.step != 0", MSG_STEP_ZERO, ".step"),
     cel(
@@ -182,7 +221,33 @@ CEL_RANGE: Final = (
         MSG_RANGE_EMPTY,
         ".stop",
     ),
+    cel(
+        "self.step == 0 || (self.step > 0 ? self.stop <= self.start : self.stop >= self.start) "
+        f"|| {_range_size('self')} <= {MAX_TASKS}",
+        MSG_RANGE_TOO_LARGE,
+        ".stop",
+    ),
 )
+
+
+def _matrix_size_rule() -> str:
+    """CEL: the product of the matrix's values/range axis sizes is at most MAX_TASKS (a files
+    axis counts 1: its size is known only when the glob is listed).
+
+    CEL has no fold, so the product is spelt out over the at most MAX_MATRIX_AXES sizes, each
+    partial product checked before the next factor (`&&` absorbs the overflow of a later term
+    once an earlier one is false; every factor is at most MAX_TASKS by its own rule)."""
+    size = (
+        "(has(self[k].values) ? self[k].values.size() : has(self[k].range) ? "
+        + _range_size("self[k].range")
+        + " : 1)"
+    )
+    sizes = f"self.map(k, {size})"
+    factors = [f"({sizes}.size() > {i} ? {sizes}[{i}] : 1)" for i in range(MAX_MATRIX_AXES)]
+    checks = [" * ".join(factors[: n + 1]) + f" <= {MAX_TASKS}" for n in range(MAX_MATRIX_AXES)]
+    return " && ".join(checks)
+
+
 _PINNING_CEL: Final = ", ".join(f"'{name}'" for name in GPU_PINNING_ENV)
 
 
@@ -270,6 +335,12 @@ class IntRange(_SpecModel):
             self.step < 0 and self.stop >= self.start
         ):
             raise ValueError(MSG_RANGE_EMPTY)
+        return self
+
+    @model_validator(mode="after")
+    def _not_too_large(self) -> IntRange:
+        if len(self.values()) > MAX_TASKS:
+            raise ValueError(MSG_RANGE_TOO_LARGE)
         return self
 
     def values(self) -> range:
@@ -455,7 +526,7 @@ class TaskSource(_SpecModel):
         ),
         description="Inline list of tasks, each a map of parameter name to value (string or "
         "integer; quote floats and booleans). Every item sets the same names. At most 10000 "
-        "items: use manifest for more.",
+        "items: for more, " + LARGE_LIST_ADVICE + ".",
     )
     range: RangeSource | None = Field(
         None, description="One task per integer of start..stop (stop exclusive) by step."
@@ -472,7 +543,9 @@ class TaskSource(_SpecModel):
         None,
         min_length=1,
         max_length=MAX_MATRIX_AXES,
-        json_schema_extra=validations(CEL_PARAM_KEYS),
+        json_schema_extra=validations(
+            CEL_PARAM_KEYS, cel(_matrix_size_rule(), MSG_MATRIX_TOO_LARGE)
+        ),
         description="Cartesian product of named axes: one task per combination, the axis name "
         "being the parameter name. Axes are ordered by name (the API server does not keep map "
         "order) and the last axis varies fastest.",
@@ -511,6 +584,18 @@ class TaskSource(_SpecModel):
         chosen = (self.items, self.range, self.matrix, self.files, self.manifest)
         if sum(x is not None for x in chosen) != 1:
             raise ValueError(MSG_ONE_SOURCE)
+        return self
+
+    @model_validator(mode="after")
+    def _matrix_not_too_large(self) -> TaskSource:
+        known = 1
+        for axis in (self.matrix or {}).values():
+            if axis.values is not None:
+                known *= len(axis.values)
+            elif axis.range is not None:
+                known *= len(axis.range.values())
+            if known > MAX_TASKS:
+                raise ValueError(MSG_MATRIX_TOO_LARGE)
         return self
 
     def matrix_axes(self) -> list[tuple[str, MatrixAxis]]:
@@ -777,6 +862,18 @@ class GPUBatchSpec(_SpecModel):
                 MSG_TASK_CONTAINER,
                 ".taskContainer",
             ),
+            cel(
+                "(has(self.worker) && has(self.worker.wrap) && !self.worker.wrap) || "
+                "!has(self.template.spec.containers) || self.template.spec.containers.size() == 0"
+                " || (has(self.taskContainer) ? "
+                "!self.template.spec.containers.exists(c, c.name == self.taskContainer) || "
+                "self.template.spec.containers.exists(c, c.name == self.taskContainer && "
+                "has(c.command) && c.command.size() > 0) : "
+                "has(self.template.spec.containers[0].command) && "
+                "self.template.spec.containers[0].command.size() > 0)",
+                MSG_WRAP_NEEDS_COMMAND,
+                ".template",
+            ),
         )
     )
 
@@ -962,6 +1059,11 @@ class GPUBatchSpec(_SpecModel):
             c.name for c in self.template.spec.containers
         }:
             raise ValueError(f"{self.task_container!r}: {MSG_TASK_CONTAINER}")
+        if (
+            self.worker.wrap
+            and not self.template.spec.containers[self.task_container_index()].command
+        ):
+            raise ValueError(MSG_WRAP_NEEDS_COMMAND)
         return self
 
     def task_container_index(self) -> int:

@@ -51,10 +51,20 @@ class Reason(StrEnum):
     DISPATCHING = "Dispatching"
     ALL_TASKS_FINISHED = "AllTasksFinished"
     TOO_MANY_FAILED_TASKS = "TooManyFailedTasks"
+    TASKS_FAILED = "TasksFailed"  # every task finished, at least one of them failed
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
     TASK_LIST_CHANGED = "TaskListChanged"
+
+
+class FailureReason(StrEnum):
+    """`recentFailures[].reason` values the operator itself decides (the others come from the
+    pod or the worker: Error, OOMKilled, NoGPU, Evicted, ...)."""
+
+    INVALID_TASK = "InvalidTask"  # the task cannot be rendered; it failed without a pod
+    NON_RETRIABLE_EXIT = "NonRetriableExit"  # exit code in retry.nonRetriableExitCodes
+    DEADLINE_EXCEEDED = "DeadlineExceeded"  # the attempt ran past taskDeadlineSeconds
 
 
 class _StatusModel(BaseModel):
@@ -134,7 +144,10 @@ class TaskFailure(_StatusModel):
     exit_code: int | None = Field(None, description="Exit code of the task container.")
     reason: str = Field(
         max_length=128,
-        description="Short cause, e.g. Error, OOMKilled, DeadlineExceeded, NoGPU, Evicted.",
+        description=(
+            "Short cause: InvalidTask, NonRetriableExit or DeadlineExceeded (decided by the "
+            "operator), else the pod's or worker's, e.g. Error, OOMKilled, NoGPU, Evicted."
+        ),
     )
     message: str = Field(
         "",
@@ -253,6 +266,15 @@ class GPUBatchStatus(_StatusModel):
     start_time: datetime | None = Field(None, description="When the first task was dispatched.")
     completion_time: datetime | None = Field(
         None, description="When the batch became Complete or Failed."
+    )
+    suspended_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds the batch spent suspended after it started (ended suspensions); "
+        "activeDeadlineSeconds does not count them.",
+    )
+    suspended_since: datetime | None = Field(
+        None, description="When the current suspension began, while spec.suspend is true."
     )
     conditions: list[Annotated[Condition, Field(description="One condition.")]] = Field(
         default_factory=list,

@@ -31,7 +31,7 @@ from gpubatch.cli.statusview import (
 )
 from gpubatch.cli.timeline import bars_from_pods, bars_from_records, plot_timeline
 from gpubatch.cli.watch import follow
-from gpubatch.core.errors import SpecError
+from gpubatch.core.errors import SpecError, TaskSpecError
 from gpubatch.core.outputscan import OutputScan
 from gpubatch.core.podspec import BatchRef, render_pod
 from gpubatch.core.podview import pod_view
@@ -66,8 +66,8 @@ def validate(args: argparse.Namespace) -> int:
         print(f"{args.file}: valid GPUBatch {batch_file.name} (tasks not expanded: --no-expand)")
         return int(Exit.OK)
     prepared = prepare(batch_file)
-    scan = scan_outputs(prepared)
-    first = next((i for i in range(len(prepared.tasks)) if i not in scan.invalid), None)
+    invalid = _unrenderable_tasks(prepared)
+    first = next((i for i in range(len(prepared.tasks)) if i not in invalid), None)
     if first is not None:
         # The operator renders pods only when it dispatches; render one now so a problem it
         # would find then (a wrapped task container without a command) is found here.
@@ -77,18 +77,31 @@ def validate(args: argparse.Namespace) -> int:
             )
         except SpecError as err:
             raise CliError(f"{args.file}: {err}") from None
+    if invalid:
+        index, problem = next(iter(invalid.items()))
+        raise CliError(
+            f"{args.file}: {len(invalid)} of {len(prepared.tasks)} task(s) cannot run and would "
+            f"fail without a pod, e.g. task {index}: {problem}"
+        )
     container = spec.template.spec.containers[spec.task_container_index()]
     print(
         f"{args.file}: valid GPUBatch {batch_file.name}: {len(prepared.tasks)} tasks "
         f"(parameters: {', '.join(prepared.tasks.param_names) or 'none'}), "
         f"{len(spec.outputs)} output(s) per task, task container {container.name!r}"
     )
-    if scan.invalid:
-        _err(
-            f"warning: {len(scan.invalid)} task(s) cannot run and would fail alone, e.g.: "
-            f"{next(iter(scan.invalid.values()))}"
-        )
     return int(Exit.OK)
+
+
+def _unrenderable_tasks(prepared: PreparedBatch) -> dict[int, str]:
+    """Every task rendered (outputs, argv, env; no storage needed): the tasks that would fail
+    alone."""
+    invalid: dict[int, str] = {}
+    for task in prepared.tasks.tasks(range(len(prepared.tasks))):
+        try:
+            prepared.renderer.render(task)
+        except TaskSpecError as err:
+            invalid[task.index] = err.problem
+    return invalid
 
 
 def expand(args: argparse.Namespace) -> int:

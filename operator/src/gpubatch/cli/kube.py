@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from gpubatch.api.names import GROUP, PLURAL, VERSION
+from gpubatch.api.spec import LARGE_LIST_ADVICE
 from gpubatch.api.status import GPUBatchStatus
 from gpubatch.cli.errors import CliError, Exit
 from gpubatch.core.podspec import task_selector
@@ -162,8 +163,9 @@ class _ApiErrors:
         from urllib3.exceptions import HTTPError
 
         if isinstance(error, ApiException):
+            advice = f"; {LARGE_LIST_ADVICE}" if error.status == 413 else ""
             raise CliError(
-                f"{self._doing}: HTTP {error.status} {_api_message(error)}",
+                f"{self._doing}: HTTP {error.status} {_api_message(error)}{advice}",
                 Exit.ENVIRONMENT if error.status in (401, 403, 404) else Exit.USAGE,
             ) from None
         if isinstance(error, HTTPError | OSError):

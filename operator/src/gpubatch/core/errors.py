@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from gpubatch.api.spec import LARGE_LIST_ADVICE
+
 
 class SpecError(ValueError):
     """A spec that cannot run as written; `str(err)` is the message for people.
@@ -41,6 +43,8 @@ def spec_error_from_validation(exc: ValidationError, *, root: str = "spec") -> S
     for error in exc.errors(include_url=False):
         path = _field_path(root, error["loc"])
         message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "too_long" and path.endswith((".items", ".values")):
+            message += f": {LARGE_LIST_ADVICE}"
         lines.append(f"{path}: {message}")
     first = _field_path(root, exc.errors()[0]["loc"]) if exc.errors() else None
     if len(lines) == 1:

@@ -24,9 +24,10 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from gpubatch.api.spec import (
+    MAX_TASKS,
     FilesSource,
     ManifestSource,
     MatrixAxis,
@@ -36,10 +37,6 @@ from gpubatch.api.spec import (
     is_param_name,
 )
 from gpubatch.core.errors import SpecError
-
-#: Most tasks one batch may have. Far above the 100k we design for, low enough that the
-#: operator's per-task bookkeeping (index sets, a dispatch order array) stays in memory.
-MAX_TASKS: Final = 10_000_000
 
 
 # ------------------------------------------------------------------------------ injected I/O

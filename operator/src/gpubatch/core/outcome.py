@@ -12,10 +12,11 @@ from typing import Final
 
 from gpubatch.api.result import Outcome, TaskResult, describe_exit_code
 from gpubatch.api.spec import Retry
+from gpubatch.api.status import FailureReason
 from gpubatch.core.podview import PodView
 
 #: Stop reasons the operator writes on a pod before deleting it on purpose.
-STOP_TASK_DEADLINE: Final = "DeadlineExceeded"
+STOP_TASK_DEADLINE: Final = FailureReason.DEADLINE_EXCEEDED.value
 STOP_BATCH_ENDED: Final = "BatchStopped"
 
 
@@ -101,8 +102,9 @@ def classify(
         return outcome(
             Verdict.FAILED,
             True,
-            reason,
-            f"{message} (exit code {exit_code} is listed as non-retriable)",
+            FailureReason.NON_RETRIABLE_EXIT,
+            f"{reason}: {message} (exit code {exit_code} is listed as non-retriable in "
+            "retry.nonRetriableExitCodes)",
         )
     failures = failures_before + 1
     if failures > retry.limit:

@@ -23,7 +23,8 @@ rely on the ones before it):
 3. `record_outcomes`: every terminal pod's outcome into the ledger; tracked ones are released.
 4. `skip_existing_outputs`: tasks whose outputs exist are skipped before any pod starts.
 5. `enforce_task_deadlines`: running attempts past the task deadline are stopped.
-6. `decide_batch_end`: failed (blocked, too many failed tasks, deadline) or complete.
+6. `decide_batch_end`: failed (blocked, too many failed tasks, deadline, or every task
+   finished and some failed) or complete (every task succeeded or was skipped).
 7. `dispatch`: retries whose backoff is over, then fresh tasks in dispatch order, in budget.
 8. `clean_up`: finished, recorded pods are deleted unless podCleanup keeps them.
 9. `write_counts`, `set_conditions`, `settle`: the status, its conditions and Events, the
@@ -45,6 +46,7 @@ from gpubatch.api.status import (
     RECENT_FAILURES_LIMIT,
     UNKNOWN_GPU_MODEL,
     ConditionType,
+    FailureReason,
     GPUBatchStatus,
     Reason,
     RetryState,
@@ -304,21 +306,29 @@ def check_runnable(step: _Pass) -> None:
 
 
 def fail_invalid_tasks(step: _Pass) -> None:
-    """Tasks that cannot be rendered (a manifest value escaping outputRoot) fail alone."""
+    """Tasks that cannot be rendered (a manifest value escaping outputRoot) fail alone, with
+    one Warning Event when some are first found (a pass that finds none posts nothing)."""
     ledger = step.ledger
-    for index, problem in sorted(step.obs.invalid_tasks.items()):
-        if ledger.final(index):
-            continue
+    found = [(i, p) for i, p in sorted(step.obs.invalid_tasks.items()) if not ledger.final(i)]
+    for index, problem in found:
         ledger.finish(ledger.failed, index)
         _add_failure(
             step.status,
             TaskFailure(
                 index=index,
                 attempt=0,
-                reason="InvalidTask",
+                reason=FailureReason.INVALID_TASK,
                 message=problem[-FAILURE_MESSAGE_LIMIT:],
                 time=step.obs.now,
             ),
+        )
+    if found:
+        index, problem = found[0]
+        step.event(
+            "Warning",
+            "InvalidTasks",
+            f"{len(found)} task(s) cannot run and failed without a pod, e.g. task {index}: "
+            f"{problem}",
         )
 
 
@@ -436,6 +446,7 @@ def decide_batch_end(step: _Pass) -> None:
     obs, status = step.obs, step.status
     if status.start_time is None and (obs.pods or step.in_flight):
         status.start_time = obs.now
+    _track_suspension(step)
     step.failure = step.blocked or _too_many_failed(step) or _past_batch_deadline(step)
     if condition_is(obs.status, ConditionType.FAILED) and step.failure is None:
         # A Failed batch stays Failed unless it was blocked (an invalid spec, a changed task
@@ -443,6 +454,8 @@ def decide_batch_end(step: _Pass) -> None:
         previous = next(c for c in obs.status.conditions if c.type == ConditionType.FAILED)
         if previous.reason not in (Reason.INVALID_SPEC, Reason.TASK_LIST_CHANGED):
             step.failure = (previous.reason, previous.message)
+    if step.failure is None and step.ledger.finished >= obs.total:
+        step.failure = _finished_with_failures(step)
     step.complete = step.failure is None and step.ledger.finished >= obs.total
     if step.failure is None:
         return
@@ -461,17 +474,56 @@ def _too_many_failed(step: _Pass) -> tuple[str, str] | None:
     )
 
 
+def _finished_with_failures(step: _Pass) -> tuple[str, str] | None:
+    """Every task finished and some failed: the batch is Failed, never Complete, so
+    `kubectl wait --for=condition=Complete` means every task succeeded or was skipped (the
+    Indexed Job with backoffLimitPerIndex decides the same way)."""
+    if not step.ledger.failed:
+        return None
+    return (Reason.TASKS_FAILED, _summary(step) + "; see recentFailures")
+
+
+def _summary(step: _Pass) -> str:
+    ledger = step.ledger
+    return (
+        f"{len(ledger.succeeded)} succeeded, {len(ledger.failed)} failed, "
+        f"{len(ledger.skipped)} skipped of {step.obs.total} tasks"
+    )
+
+
+def _track_suspension(step: _Pass) -> None:
+    """Keep the time a started batch spends suspended, so activeDeadlineSeconds never counts
+    it: a suspension opens `suspendedSince`; a resume adds it to `suspendedSeconds`. (The Job
+    resets its startTime instead; keeping startTime keeps the batch's makespan true.)"""
+    obs, status = step.obs, step.status
+    if obs.spec.suspend:
+        if status.suspended_since is None and status.start_time is not None:
+            status.suspended_since = obs.now
+    elif status.suspended_since is not None:
+        status.suspended_seconds += _since(obs.now, status.suspended_since)
+        status.suspended_since = None
+
+
+def _active_seconds(step: _Pass) -> float:
+    """Seconds the batch has run since its first dispatch, not counting suspensions."""
+    status, now = step.status, step.obs.now
+    suspended = status.suspended_seconds + _since(now, status.suspended_since)
+    return _since(now, status.start_time) - suspended
+
+
 def _past_batch_deadline(step: _Pass) -> tuple[str, str] | None:
     deadline, started = step.obs.spec.active_deadline_seconds, step.status.start_time
     if deadline is None or not started:
         return None
-    left = deadline - _since(step.obs.now, started)
+    left = deadline - _active_seconds(step)
     if left > 0:
-        step.wakes.append(left)
+        if step.status.suspended_since is None:  # suspended, the clock stands still
+            step.wakes.append(left)
         return None
     return (
         Reason.DEADLINE_EXCEEDED,
-        f"the batch ran longer than activeDeadlineSeconds ({deadline})",
+        f"the batch ran longer than activeDeadlineSeconds ({deadline}), not counting time "
+        "it spent suspended",
     )
 
 
@@ -597,11 +649,7 @@ def set_conditions(step: _Pass) -> None:
 
 
 def _set_complete(step: _Pass) -> None:
-    ledger = step.ledger
-    summary = (
-        f"{len(ledger.succeeded)} succeeded, {len(ledger.failed)} failed, "
-        f"{len(ledger.skipped)} skipped of {step.obs.total} tasks"
-    )
+    summary = _summary(step)
     if step.set_condition(ConditionType.COMPLETE, "True", Reason.ALL_TASKS_FINISHED, summary):
         step.event("Normal", "Completed", summary)
     step.set_condition(ConditionType.PROGRESSING, "False", Reason.ALL_TASKS_FINISHED, summary)

@@ -37,7 +37,9 @@ WORKER_COMMAND: Final = ("gpubatch-worker", "--")
 MAX_NAME: Final = 63
 #: Extra seconds the kubelet grants beyond taskDeadlineSeconds before it kills the pod itself;
 #: the worker and the operator stop the task first, this is the backstop when both cannot.
-KUBELET_DEADLINE_GRACE: Final = 60
+#: Generous because the kubelet counts from the pod's start, image pull included, while
+#: taskDeadlineSeconds counts from the task container's start (a pull can take minutes).
+KUBELET_DEADLINE_GRACE: Final = 900
 
 
 @dataclass(frozen=True)

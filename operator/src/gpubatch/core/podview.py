@@ -110,6 +110,7 @@ def pod_view(pod: dict[str, Any], task_container: str | None = None) -> PodView 
         (s for s in statuses if s.get("name") == wanted), statuses[0] if statuses else {}
     )
     terminated = (container.get("state") or {}).get("terminated") or {}
+    running = (container.get("state") or {}).get("running") or {}
 
     disruption = None
     for condition in status.get("conditions") or []:
@@ -135,6 +136,10 @@ def pod_view(pod: dict[str, Any], task_container: str | None = None) -> PodView 
         disruption=disruption,
         stop_reason=annotations.get(ANNOTATION_STOP_REASON),
         created_at=_timestamp(metadata.get("creationTimestamp")),
-        started_at=_timestamp(terminated.get("startedAt") or status.get("startTime")),
+        # The task container's start, not the pod's: an image pull can take minutes on a GPU
+        # node, and taskDeadlineSeconds must not count it.
+        started_at=_timestamp(
+            terminated.get("startedAt") or running.get("startedAt") or status.get("startTime")
+        ),
         finished_at=_timestamp(terminated.get("finishedAt")),
     )

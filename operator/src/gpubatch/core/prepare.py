@@ -3,7 +3,8 @@
 This is the single entry point the operator (and the local CLI) calls once per spec generation:
 parse the spec, expand the tasks (through injected storage), compile every template against
 the parameter names, and check the dispatch order. Everything the API server could not check
-(a glob that matches nothing, a manifest that does not parse, an unknown placeholder) surfaces
+(a glob that matches nothing, a manifest that does not parse, an unknown placeholder, two
+tasks writing the same output) surfaces
 here, before any pod is created.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gpubatch.api.spec import GPUBatchSpec
+from gpubatch.core.collisions import refuse_colliding_outputs
 from gpubatch.core.errors import SpecError, spec_error_from_validation
 from gpubatch.core.expand import FileLister, ManifestReader, TaskList, expand
 from gpubatch.core.order import check_order, dispatch_order
@@ -69,6 +71,7 @@ def prepare_batch(
     tasks = expand(parsed.tasks, files=files, manifests=manifests)
     renderer = TaskRenderer(parsed, tasks.param_names, task_count=len(tasks))
     check_order(parsed.order, tasks)
+    refuse_colliding_outputs(tasks, renderer)
     return PreparedBatch(spec=parsed, tasks=tasks, renderer=renderer)
 
 

@@ -109,13 +109,6 @@ class TaskRenderer:
                 compiled.append(template)
             return tuple(compiled)
 
-        if spec.worker.wrap and not container.command:
-            raise SpecError(
-                "worker.wrap runs the task's command through gpubatch-worker, so the task "
-                "container must set command (and optionally args); or set worker.wrap: false to "
-                "use the image's own entrypoint",
-                field=f"{where}.command",
-            )
         self._command = compile_list(container.command, "command")
         self._args = compile_list(container.args, "args")
         if spec.worker.shell:
@@ -127,6 +120,7 @@ class TaskRenderer:
                 continue
             template = Template.parse(var.value, where=f"{where}.env[{i}].value")
             template.check(params, outputs=n_outputs)
+            _refuse_pinning_assignment(template)
             env.append(template)
         self._env = tuple(env)
 
@@ -155,7 +149,7 @@ class TaskRenderer:
                 for t in templates
             )
 
-        return RenderedTask(
+        rendered = RenderedTask(
             index=task.index,
             params=dict(task.params),
             outputs=outputs,
@@ -166,6 +160,8 @@ class TaskRenderer:
                 for t in self._env
             ),
         )
+        _refuse_pinning_values(rendered)
+        return rendered
 
     # ------------------------------------------------------------------------------ outputs
     def _resolve(self, path: str, index: int, where: str) -> str:
@@ -257,6 +253,22 @@ def _refuse_pinning_assignment(template: Template) -> None:
                 "GPU from the device plugin, which sets CUDA_VISIBLE_DEVICES and "
                 "NVIDIA_VISIBLE_DEVICES; remove the assignment",
                 field=template.where,
+            )
+
+
+def _refuse_pinning_values(task: RenderedTask) -> None:
+    """A parameter value can pin a GPU as surely as a literal (`{opts}` = "CUDA_VISIBLE_DEVICES=1"
+    in `env {opts} python ...`), so the rendered argv and env values are checked too; the
+    literal parts were checked when the templates were compiled, so only values can hit here."""
+    values = [*(task.command or ()), *(task.args or ()), *(v for v in task.env_values if v)]
+    for value in values:
+        if any(a in value for a in _PINNING_ASSIGNMENTS):
+            raise TaskSpecError(
+                f"{value!r} (from a parameter value) sets a GPU-pinning variable: each task pod "
+                "gets its own GPU from the device plugin, which sets CUDA_VISIBLE_DEVICES and "
+                "NVIDIA_VISIBLE_DEVICES; remove the assignment from the parameter values",
+                index=task.index,
+                field="spec.tasks",
             )
 
 
