@@ -86,7 +86,8 @@ def test_mixed_batch_status_and_files_agree_exactly(
             retry={"limit": 1, "backoffSeconds": 1, "nonRetriableExitCodes": [42]},
         )
     )
-    batches.wait_condition("mixed", "Complete", timeout=240)
+    failed = batches.wait_condition("mixed", "Failed", timeout=240)
+    assert failed["reason"] == "TasksFailed"  # any failed task fails the batch, as the Job does
     status = batches.status("mixed")
 
     assert status["counts"] == {
