@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import queue
 import shlex
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -186,7 +185,16 @@ class Warm:
                 return result
             if attempt.stop.requested is not None:
                 break
-        signum = attempt.stop.requested or signal.SIGTERM
+        signum = attempt.stop.requested
+        if signum is None:  # two fresh programs in a row ended before reading: count it
+            return TaskResult(
+                outcome=Outcome.FAILED,
+                exit_code=ExitCode.WORKER_ERROR,
+                reason=Reason.WORKER_ERROR,
+                duration_seconds=0.0,
+                node=attempt.node,
+                message="two warm programs in a row exited before taking the task",
+            )
         return TaskResult(
             outcome=Outcome.FAILED,
             exit_code=signal_exit_code(signum),
