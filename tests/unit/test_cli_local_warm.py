@@ -249,3 +249,27 @@ def test_ctrl_c_stops_the_warm_programs_and_a_rerun_continues(tmp_path):
     assert run(path, tmp_path) == 0
     assert outputs(tmp_path) == {f"n{i}.txt" for i in range(8)}
     assert os.path.exists(tmp_path / "loads")
+
+
+def test_the_warm_quickstart_example_runs_from_the_repository_root(tmp_path):
+    """examples/warm-quickstart.yaml as written (its program path is relative to the repository
+    root), only its outputs moved and python3 pointed at this Python, which has gpubatch."""
+    example = yaml.safe_load((REPO / "examples" / "warm-quickstart.yaml").read_text())
+    example["spec"]["outputRoot"] = str(tmp_path / "out")
+    command = example["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:2] == ["python3", "examples/warm/simulated_model.py"]
+    command[0] = sys.executable
+    path = tmp_path / "warm-quickstart.yaml"
+    path.write_text(yaml.safe_dump(example))
+    done = subprocess.run(
+        [*GPUBATCH, "run", str(path), "--slots", "2", "--state-dir", str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+    )
+    assert done.returncode == 1, done.stderr  # the corrupt image fails, alone, after its retry
+    assert "24 tasks: 23 succeeded, 1 failed" in done.stdout
+    assert "cannot decode image corrupt-image-13" in done.stderr
+    logs = sorted((tmp_path / "state" / "logs").glob("warm-*.log"))
+    assert sum(log.read_text().count("model loaded") for log in logs) == 2
