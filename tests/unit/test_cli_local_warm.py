@@ -28,9 +28,10 @@ EXAMPLE = REPO / "examples" / "warm" / "simulated_model.py"
 _SCRIPT = Path(sys.executable).with_name("gpubatch")
 GPUBATCH = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "gpubatch.cli"]
 
-#: A warm program: records its load, then writes each task's output; the environment says
-#: which task fails how (FAIL_N: a failed reply on the first attempt; CRASH_N: the program
-#: dies in the middle of that task on the first attempt; HOLD: wait while that file exists).
+#: A warm program: records its load (LOAD_SECONDS long), then writes each task's output; the
+#: environment says which task fails how on its first attempt (FAIL_N: a failed reply; CRASH_N:
+#: the program dies in the middle of it; SLOW_N: it takes a minute), and HOLD: wait while that
+#: file exists.
 PROGRAM = """
 import os, sys, time
 import gpubatch.worker
@@ -39,6 +40,7 @@ with open(os.environ["LOADS"], "a") as loads:
     loads.write(str(os.getpid()) + "\\n")
 if os.environ.get("DIE_LOADING"):
     sys.exit(4)
+time.sleep(float(os.environ.get("LOAD_SECONDS", "0")))
 for task in gpubatch.worker.tasks():
     with task:
         n = int(task.params["n"])
@@ -50,6 +52,8 @@ for task in gpubatch.worker.tasks():
             raise ValueError("unreadable input " + str(n))
         if task.attempt == 0 and str(n) == os.environ.get("CRASH_N"):
             os._exit(7)
+        if task.attempt == 0 and str(n) == os.environ.get("SLOW_N"):
+            time.sleep(60)
         with open(task.write_to[0], "w") as out:
             out.write("task " + str(n) + " by " + str(os.getpid()))
 """
@@ -179,6 +183,19 @@ def test_a_crash_mid_task_is_one_counted_failure_and_the_slot_restarts_its_progr
     assert all(len(records[i]) == 1 and records[i][0].exit_code == 0 for i in records if i != 3)
     assert outputs(tmp_path) == {f"n{i}.txt" for i in range(8)}
     assert loads(tmp_path) == 2  # one slot: its first program, then the fresh one after the crash
+
+
+def test_the_task_deadline_stops_a_slow_task_alone_and_does_not_count_the_load(tmp_path):
+    # The load (2 s) is longer than the task deadline (1 s): the ready notice starts the clock.
+    env = {"SLOW_N": "4", "LOAD_SECONDS": "2"}
+    path = warm_batch(tmp_path, env=env, taskDeadlineSeconds=1)
+    state = tmp_path / "state"
+    command = ["run", str(path), "--slots", "2", "--state-dir", str(state), "--grace", "1"]
+    assert main([*command, "--no-progress"]) == 0
+    records = attempts(tmp_path)
+    assert [(r.attempt, r.exit_code) for r in records[4]] == [(0, 81), (1, 0)]  # 81: deadline
+    assert all(len(records[i]) == 1 for i in records if i != 4)
+    assert outputs(tmp_path) == {f"n{i}.txt" for i in range(8)}
 
 
 def test_a_program_that_dies_loading_fails_tasks_instead_of_restarting_for_ever(tmp_path):
