@@ -197,6 +197,8 @@ def render() -> str:
         )
     if (r := _load("local")) is not None:
         parts.append(_local_section(r))
+    if (r := _load("warm-local")) is not None:
+        parts.append(_warm_local_section(r))
     chaos = sorted(RESULTS.glob("chaos-*.json"))
     if chaos:
         parts.append("\n### Chaos\n")
@@ -273,6 +275,31 @@ def _local_section(r: dict[str, Any]) -> str:
         f"{big['first_task_seconds']:.2f} s after `gpubatch run` started (target <= 1 s); "
         f"peak memory {big['peak_rss_mib']:.0f} MiB (target <= 100 MiB)."
     )
+    return "\n".join(lines)
+
+
+_WARM_METHODS = (
+    ("gpubatch_warm", "`gpubatch run`, worker.mode: Warm (one program per slot, shared queue)"),
+    ("static_split", "seed-003 static split (one program per slot, fixed quarters)"),
+    ("seed_queue", "seed-000 queue (a program per task: every task pays the load)"),
+)
+
+
+def _warm_local_section(r: dict[str, Any]) -> str:
+    """Issue 15 target 4: one row per method, wall seconds and the ratio to the lower bound."""
+    bound = r["lower_bound_seconds"]
+    lines = [
+        f"\n### 8. Warm workers on a workstation: {r['tasks']} log-normal tasks (sum "
+        f"{r['sum_seconds']:.1f} s) behind a {r['load_seconds']:g} s model load, "
+        f"{r['slots']} slots\n",
+        f"Lower bound (one load + max(sum / slots, longest task)): {bound:.1f} s.\n",
+        "| method | wall seconds | / lower bound | outputs written |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, label in _WARM_METHODS:
+        lines.append(
+            f"| {label} | {r[key]:.1f} | {r[key] / bound:.2f}x | {r[key + '_succeeded']} |"
+        )
     return "\n".join(lines)
 
 

@@ -44,6 +44,9 @@ class Scale:
     local_skewed_tasks: int = 200
     local_skewed_seconds: float = 332.0
     local_range_tasks: int = 100_000
+    warm_local_tasks: int = 200
+    warm_local_load_seconds: float = 2.0
+    warm_local_sum_seconds: float = 332.0  # the local scenario's skewed list, plus a load
     timeout: float = 3600
 
 
@@ -59,6 +62,9 @@ SMOKE = Scale(
     local_skewed_tasks=16,
     local_skewed_seconds=2.0,
     local_range_tasks=2_000,
+    warm_local_tasks=12,
+    warm_local_load_seconds=0.2,
+    warm_local_sum_seconds=0.24,
     timeout=300,
 )
 
@@ -432,6 +438,7 @@ def _s3_scan(n: int) -> dict[str, Any]:
 
 
 from bench.local import local_runs  # noqa: E402
+from bench.warm_local import warm_local  # noqa: E402
 
 SCENARIOS = {
     "dispatch": dispatch_rate,
@@ -440,4 +447,5 @@ SCENARIOS = {
     "cost": cost_at_100k,
     "scan": skip_scan,
     "local": local_runs,
+    "warm-local": warm_local,
 }

@@ -1,120 +1,132 @@
-"""`python -m bench.warm_local`: one slot, N tasks, a model load: warm worker vs a process per task.
+"""Issue 15 target 4: a model loaded once per slot (`gpubatch run`, worker.mode: Warm) against
+what the users' scripts do, side by side on the same 200 tasks on 4 slots.
 
-Both sides run the same program (`examples/warm/simulated_model.py`, sleep-based: a load, then a
-per-task cost) over the same tasks, one at a time on one slot:
+Every method runs the same program (`MODEL`, written next to the tasks): it "loads" for
+`load_seconds` (a sleep), then "processes" each task by sleeping its seeded log-normal duration
+(the `local` scenario's skewed list: the makespan draws scaled to sum 332 s at full size) and
+writing its output.
 
-- warm: `WarmWorker` starts the program once and feeds it every task;
-- per task: `gpubatch-worker -- <program>` once per task, as `gpubatch run` and a task pod do
-  today, so each task pays the worker's and the program's start and the load again.
+- `gpubatch_warm`: `gpubatch run --slots 4` with worker.mode: Warm: one program per slot, fed
+  tasks one at a time from the shared queue (`gpubatch.worker.tasks()`), so each slot loads once
+  and a free slot always takes the next task;
+- `static_split` (seed-003): the list cut into 4 contiguous shares, one process per share that
+  loads once and runs its share: one load per slot, but no balancing at the tail;
+- `seed_queue` (seed-000): a Manager queue, a worker process per slot, a program per task: the
+  balance of a queue, but every task pays the load.
 
-No GPU and no test bed: this measures what the feeder saves on a workstation. The result goes to
-tests/bench/results/warm-local.json. The lower bound is one load plus the sum of task costs.
+The lower bound is one load plus max(sum / slots, longest task). No GPU and no test bed.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
+import textwrap
 from pathlib import Path
+from typing import Any
 
-from gpubatch.api.result import Outcome
-from gpubatch.api.taskenv import TaskEnvironment
-from gpubatch.worker.warm import WarmWorker, run_set
+import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-PROGRAM = REPO / "examples" / "warm" / "simulated_model.py"
-RESULTS = Path(__file__).resolve().parent / "results"
-WORKER = Path(sys.executable).with_name("gpubatch-worker")
+from bench.local import GPUBATCH, SEED_QUEUE, STATIC_SPLIT, _timed, skewed_durations
+from bench.simulate import lower_bound_seconds
+
+SLOTS = 4
+
+MODEL = textwrap.dedent(
+    """
+    import json, sys, time
+
+    def work(seconds, out):
+        time.sleep(seconds)
+        with open(out, "w") as f:
+            f.write("done\\n")
+
+    time.sleep(float(sys.argv[2]))  # --load SECONDS: the model load
+    mode = sys.argv[3:4]
+    if mode == ["--one"]:  # one task per program (seed-000)
+        work(float(sys.argv[4]), sys.argv[5])
+    elif mode == ["--share"]:  # a fixed share, loaded once (seed-003)
+        for seconds, out in json.load(open(sys.argv[4])):
+            work(seconds, out)
+    else:  # warm: tasks from gpubatch, one at a time
+        import gpubatch.worker
+        for task in gpubatch.worker.tasks():
+            with task:
+                work(float(task.params["seconds"]), task.write_to[0])
+    """
+)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.warm_local", description=__doc__)
-    parser.add_argument("--tasks", type=int, default=200)
-    parser.add_argument("--load-seconds", type=float, default=2.0)
-    parser.add_argument("--seconds-per-task", type=float, default=0.05)
-    parser.add_argument("--spread", type=float, default=0.5, help="log-normal sigma of task cost")
-    parser.add_argument("--out", type=Path, default=RESULTS / "warm-local.json")
-    args = parser.parse_args(argv)
-    program = [
-        sys.executable,
-        str(PROGRAM),
-        f"--load-seconds={args.load_seconds}",
-        f"--seconds-per-task={args.seconds_per_task}",
-        f"--spread={args.spread}",
-    ]
-    with tempfile.TemporaryDirectory(prefix="bench-warm-") as tmp:
-        warm_s, warm_ok = run_warm(program, tasks(Path(tmp) / "warm", args.tasks))
-        per_task_s, per_task_ok = run_per_task(program, tasks(Path(tmp) / "cold", args.tasks))
-    work = sum(task_cost(i, args) for i in range(args.tasks))
-    result = {
-        "tasks": args.tasks,
-        "load_s": args.load_seconds,
-        "mean_task_s": args.seconds_per_task,
-        "spread": args.spread,
-        "lower_bound_s": round(args.load_seconds + work, 3),
-        "warm_s": round(warm_s, 3),
-        "warm_succeeded": warm_ok,
-        "per_task_s": round(per_task_s, 3),
-        "per_task_succeeded": per_task_ok,
-        "per_task_over_warm": round(per_task_s / warm_s, 2),
-        "command": " ".join(
-            ["cd tests && ../.venv/bin/python -m bench.warm_local", *(argv or sys.argv[1:])]
-        ),
+def warm_local(scale: Any, workdir: Path) -> dict[str, Any]:
+    tasks, load = scale.warm_local_tasks, scale.warm_local_load_seconds
+    folder = Path(tempfile.mkdtemp(prefix="warm-local-", dir=workdir))
+    model = folder / "model.py"
+    model.write_text(MODEL)
+    durations = skewed_durations(tasks, scale.warm_local_sum_seconds)
+    program = [sys.executable, str(model), "--load", str(load)]
+    result: dict[str, Any] = {
+        # Without cached bytecode every Python start compiles pydantic and gpubatch again
+        # (about 1.5 s here), which the programs that import gpubatch pay and the scripts not.
+        "bytecode_cache": not os.environ.get("PYTHONDONTWRITEBYTECODE"),
+        "tasks": tasks,
+        "slots": SLOTS,
+        "load_seconds": load,
+        "sum_seconds": round(sum(durations), 3),
+        "lower_bound_seconds": round(load + lower_bound_seconds(durations, SLOTS), 3),
+        "gpubatch_warm": _gpubatch_warm(folder, program, durations),
+        "static_split": _static_split(folder, program, durations),
+        "seed_queue": _seed_queue(folder, program, durations),
     }
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return 0 if warm_ok == per_task_ok == args.tasks else 1
+    for method in ("gpubatch_warm", "static_split", "seed_queue"):
+        result[f"{method}_succeeded"] = len(list((folder / method).glob("*.txt")))
+    return result
 
 
-def tasks(out: Path, count: int) -> list[TaskEnvironment]:
-    return [
-        TaskEnvironment(
-            batch="warm-local",
-            task_index=i,
-            params={"image": f"img-{i:04d}.png"},
-            outputs=(str(out / f"{i:04d}.txt"),),
-            require_gpu=False,
-        )
-        for i in range(count)
+def _gpubatch_warm(folder: Path, program: list[str], durations: list[float]) -> float:
+    spec = {
+        "tasks": {"items": [{"n": i, "seconds": f"{d:.3f}"} for i, d in enumerate(durations)]},
+        "outputRoot": str(folder / "gpubatch_warm"),
+        "outputs": ["{n}.txt"],
+        "retry": {"limit": 0, "backoffSeconds": 0},
+        "worker": {"mode": "Warm", "requireGPU": False},
+        "template": {
+            "spec": {"containers": [{"name": "m", "image": "unused", "command": program}]}
+        },
+    }
+    path = folder / "warm.yaml"
+    head = {"apiVersion": "gpubatch.io/v1alpha1", "kind": "GPUBatch"}
+    path.write_text(yaml.safe_dump({**head, "metadata": {"name": "warm-local"}, "spec": spec}))
+    command = [*GPUBATCH, "run", str(path), "--slots", str(SLOTS), "--no-progress"]
+    return _timed([*command, "--state-dir", str(folder / "state")])
+
+
+def _static_split(folder: Path, program: list[str], durations: list[float]) -> float:
+    out = folder / "static_split"
+    out.mkdir()
+    size = -(-len(durations) // SLOTS)
+    argvs = []
+    for number, start in enumerate(range(0, len(durations), size)):
+        share = folder / f"share-{number}.json"
+        pairs = [(d, str(out / f"{start + i}.txt")) for i, d in enumerate(durations[start:][:size])]
+        share.write_text(json.dumps(pairs))
+        argvs.append([*program, "--share", str(share)])
+    return _script(folder, STATIC_SPLIT, argvs)
+
+
+def _seed_queue(folder: Path, program: list[str], durations: list[float]) -> float:
+    out = folder / "seed_queue"
+    out.mkdir()
+    argvs = [
+        [*program, "--one", f"{d:.3f}", str(out / f"{i}.txt")] for i, d in enumerate(durations)
     ]
+    return _script(folder, SEED_QUEUE, argvs)
 
 
-def task_cost(index: int, args: argparse.Namespace) -> float:
-    """The program's own draw for a task (same seed), to compute the lower bound."""
-    spec = importlib.util.spec_from_file_location("simulated_model", PROGRAM)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return float(module.task_cost(index, args))
-
-
-def run_warm(program: list[str], todo: list[TaskEnvironment]) -> tuple[float, int]:
-    began = time.monotonic()
-    with open(os.devnull, "wb") as quiet:
-        report = run_set(WarmWorker(program, stdout=quiet, stderr=quiet), todo)
-    ok = sum(r.outcome is Outcome.SUCCEEDED for _, r in report.results)
-    return time.monotonic() - began, ok
-
-
-def run_per_task(program: list[str], todo: list[TaskEnvironment]) -> tuple[float, int]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("GPUBATCH_")}
-    ok = 0
-    began = time.monotonic()
-    for task in todo:
-        environ = base | task.to_environ() | {"GPUBATCH_RESULT_PATH": os.devnull}
-        done = subprocess.run(
-            [str(WORKER), "--", *program], env=environ, capture_output=True, check=False
-        )
-        ok += done.returncode == 0
-    return time.monotonic() - began, ok
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _script(folder: Path, script: str, argvs: list[list[str]]) -> float:
+    name = "static_split" if script is STATIC_SPLIT else "seed_queue"
+    tasks, code = folder / f"{name}-tasks.json", folder / f"{name}.py"
+    tasks.write_text(json.dumps(argvs))
+    code.write_text(script)
+    return _timed([sys.executable, str(code), str(tasks), str(SLOTS)])

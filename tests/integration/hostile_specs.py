@@ -90,6 +90,7 @@ class Case:
     message: str  # substring of kubectl's stderr (refused) or of the Failed condition (failed)
     reason: str | None = None  # the Failed condition's reason (failed only)
     files: Mapping[str, str] = field(default_factory=dict)  # relative path -> text, under @TMP@
+    cluster_only: bool = False  # failed on a cluster only: `gpubatch run` accepts and runs it
 
     def spec(self, tmp: Path | None = None) -> dict[str, Any]:
         """The patched spec, `@TMP@` replaced by `tmp` (which must be given if it is used)."""
@@ -126,6 +127,7 @@ def failed(
     *,
     reason: str = "InvalidSpec",
     files: Mapping[str, str] | None = None,
+    cluster_only: bool = False,
 ) -> Case:
     return Case(
         id=id,
@@ -135,6 +137,7 @@ def failed(
         message=message,
         reason=reason,
         files=dict(files or {}),
+        cluster_only=cluster_only,
     )
 
 
@@ -424,6 +427,46 @@ CASES: Final[tuple[Case, ...]] = (
         "worker.atomicOutputs true with wrap false",
         {"worker": {"wrap": False, "atomicOutputs": True}},
         "atomicOutputs: true needs wrap: true",
+    ),
+    refused(
+        "warm-without-wrap",
+        "worker.mode Warm with wrap false (nothing would feed the program its tasks)",
+        {"worker": {"mode": "Warm", "wrap": False}, **command("python", "serve.py")},
+        "mode: Warm runs the command under gpubatch-worker",
+    ),
+    refused(
+        "warm-with-shell",
+        "worker.mode Warm with shell true (the program starts once, as an argv)",
+        {"worker": {"mode": "Warm", "shell": True}, **command("python", "serve.py")},
+        "mode: Warm starts the command once, as an argv",
+    ),
+    refused(
+        "load-deadline-without-warm",
+        "worker.loadDeadlineSeconds on a per-task batch (it would be ignored)",
+        {"worker": {"loadDeadlineSeconds": 60}},
+        "loadDeadlineSeconds applies to warm programs only",
+    ),
+    failed(
+        "warm-placeholder-in-command",
+        "worker.mode Warm with {shot} in the command (started once for many tasks)",
+        {"worker": {"mode": "Warm"}},
+        "cannot contain task placeholders such as {image}",
+    ),
+    failed(
+        "warm-placeholder-in-env",
+        "worker.mode Warm with {shot} in an env value",
+        {
+            "worker": {"mode": "Warm"},
+            **containers(command=["python", "serve.py"], env=[{"name": "S", "value": "{shot}"}]),
+        },
+        "cannot contain task placeholders such as {image}",
+    ),
+    failed(
+        "warm-on-the-cluster",
+        "worker.mode Warm on a cluster (warm workers run under gpubatch run only so far)",
+        {"worker": {"mode": "Warm"}, **command("python", "serve.py")},
+        "worker.mode: Warm is supported by `gpubatch run` only so far",
+        cluster_only=True,
     ),
     # --- GPUs ----------------------------------------------------------------------------------
     refused(

@@ -633,6 +633,16 @@ def test_an_invalid_spec_fails_the_batch_with_a_warning_and_dispatches_nothing()
     assert result.status.start_time is None
 
 
+def test_a_warm_batch_is_refused_on_the_cluster_with_a_warning_and_dispatches_nothing():
+    warm = {"name": "task", "image": "registry.example.com/task:1", "command": ["serve"]}
+    spec = a_spec(worker={"mode": "Warm"}, template={"spec": {"containers": [warm]}})
+    result = plan(an_observation(spec))
+    assert result.create == []
+    assert condition_of(result.status, ConditionType.FAILED) == ("True", Why.INVALID_SPEC)
+    assert "gpubatch run` only" in condition(result.status, ConditionType.FAILED).message
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "InvalidSpec")]
+
+
 def test_a_fixed_spec_resumes_dispatch_after_an_invalid_spec():
     obs = an_observation(spec_error="bad", limits=Limits(max_pending=2))
     broken = plan(obs)

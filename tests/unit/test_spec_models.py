@@ -98,6 +98,8 @@ def test_defaults_are_the_documented_ones():
         "requireGPU": True,
         "atomicOutputs": False,
         "shell": False,
+        "mode": "PerTask",
+        "loadDeadlineSeconds": None,
     }
     assert (spec.pod_cleanup.succeeded, spec.pod_cleanup.failed) == ("Delete", "Keep")
     assert spec.parallelism is None and spec.max_pending is None and spec.suspend is False
@@ -199,6 +201,13 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
         minimal(worker={"wrap": False, "atomicOutputs": True}),
         S.MSG_ATOMIC_NEEDS_WRAP,
     ),
+    ("warm without wrap", minimal(worker={"mode": "Warm", "wrap": False}), S.MSG_WARM_NEEDS_WRAP),
+    ("warm with shell", minimal(worker={"mode": "Warm", "shell": True}), S.MSG_WARM_NO_SHELL),
+    (
+        "load deadline without warm",
+        minimal(worker={"loadDeadlineSeconds": 60}),
+        S.MSG_LOAD_DEADLINE_NEEDS_WARM,
+    ),
     ("no containers", minimal(template={"spec": {"containers": []}}), S.MSG_CONTAINERS),
     (
         "cuda env",
@@ -284,6 +293,11 @@ def test_bad_spec_is_refused_with_the_message_that_says_what_to_change(raw, mess
     with pytest.raises(SpecError) as err:
         parse_spec(raw)
     assert message in str(err.value)
+
+
+def test_warm_mode_and_its_load_deadline_parse():
+    spec = parse_spec(minimal(worker={"mode": "Warm", "loadDeadlineSeconds": 600}))
+    assert (spec.worker.mode, spec.worker.load_deadline_seconds) == ("Warm", 600)
 
 
 def test_spec_error_names_the_field_path_like_the_api_server():

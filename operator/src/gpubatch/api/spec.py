@@ -86,6 +86,25 @@ MSG_SHELL_NEEDS_WRAP: Final = "shell: true needs wrap: true (the gpubatch worker
 MSG_ATOMIC_NEEDS_WRAP: Final = (
     "atomicOutputs: true needs wrap: true (the gpubatch worker moves outputs into place)"
 )
+MSG_WARM_NEEDS_WRAP: Final = (
+    "mode: Warm runs the command under gpubatch-worker, which feeds it tasks; set "
+    "worker.wrap: true or worker.mode: PerTask"
+)
+MSG_WARM_NO_SHELL: Final = (
+    "mode: Warm starts the command once, as an argv, for many tasks; set worker.shell: false "
+    "or worker.mode: PerTask"
+)
+MSG_LOAD_DEADLINE_NEEDS_WARM: Final = (
+    "loadDeadlineSeconds applies to warm programs only; set worker.mode: Warm or remove "
+    "worker.loadDeadlineSeconds"
+)
+#: Checked when templates are compiled (`core.prepare`), like unknown placeholders: the API
+#: server cannot parse placeholders within CEL's cost budget.
+MSG_WARM_PLACEHOLDER: Final = (
+    "worker.mode: Warm starts the task container's command once for many tasks, so its "
+    "command, args and env values cannot contain task placeholders such as {image}; read each "
+    "task's values from its message (task.params, task.write_to), or use worker.mode: PerTask"
+)
 MSG_CONTAINERS: Final = (
     "the pod template needs at least one container in template.spec.containers (the task container)"
 )
@@ -154,6 +173,9 @@ VALIDATION_MESSAGES: Final = frozenset(
         MSG_BACKOFF,
         MSG_SHELL_NEEDS_WRAP,
         MSG_ATOMIC_NEEDS_WRAP,
+        MSG_WARM_NEEDS_WRAP,
+        MSG_WARM_NO_SHELL,
+        MSG_LOAD_DEADLINE_NEEDS_WARM,
         MSG_CONTAINERS,
         MSG_GPU_ENV,
         MSG_RESTART_POLICY,
@@ -697,6 +719,13 @@ class Worker(_SpecModel):
         json_schema_extra=validations(
             cel("self.wrap || !self.shell", MSG_SHELL_NEEDS_WRAP, ".shell"),
             cel("self.wrap || !self.atomicOutputs", MSG_ATOMIC_NEEDS_WRAP, ".atomicOutputs"),
+            cel("self.mode != 'Warm' || self.wrap", MSG_WARM_NEEDS_WRAP, ".mode"),
+            cel("self.mode != 'Warm' || !self.shell", MSG_WARM_NO_SHELL, ".shell"),
+            cel(
+                "self.mode == 'Warm' || !has(self.loadDeadlineSeconds)",
+                MSG_LOAD_DEADLINE_NEEDS_WARM,
+                ".loadDeadlineSeconds",
+            ),
         )
     )
 
@@ -723,6 +752,19 @@ class Worker(_SpecModel):
         description="With wrap: join command and args into one line run by /bin/sh -c; every "
         "substituted value is shell-quoted. Defaults to false: no shell is involved.",
     )
+    mode: Literal["PerTask", "Warm"] = Field(
+        "PerTask",
+        description="PerTask (default): the command is started once per task. Warm: the command "
+        "is started once per slot and fed tasks one at a time (one JSON line per task on stdin, "
+        "one reply each), so an expensive model is loaded once; every task keeps its own "
+        "outcome, retries and deadline. Supported by gpubatch run only so far.",
+    )
+    load_deadline_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Warm only: how long the program may load before its first task's own "
+        "deadline starts counting. Unset: no limit on the load.",
+    )
 
     @model_validator(mode="after")
     def _wrap_needed(self) -> Worker:
@@ -730,6 +772,12 @@ class Worker(_SpecModel):
             raise ValueError(MSG_SHELL_NEEDS_WRAP)
         if not self.wrap and self.atomic_outputs:
             raise ValueError(MSG_ATOMIC_NEEDS_WRAP)
+        if self.mode == "Warm" and not self.wrap:
+            raise ValueError(MSG_WARM_NEEDS_WRAP)
+        if self.mode == "Warm" and self.shell:
+            raise ValueError(MSG_WARM_NO_SHELL)
+        if self.mode != "Warm" and self.load_deadline_seconds is not None:
+            raise ValueError(MSG_LOAD_DEADLINE_NEEDS_WARM)
         return self
 
 

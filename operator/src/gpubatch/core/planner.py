@@ -140,6 +140,7 @@ class Observation:
     invalid_tasks: Mapping[int, str] = field(default_factory=dict)  # per-task problems
     fingerprint: str | None = None
     limits: Limits = field(default_factory=Limits)
+    runs_warm: bool = False  # the executor supports worker.mode: Warm (gpubatch run does)
 
 
 @dataclass
@@ -287,11 +288,21 @@ def plan_invalid_spec(status: GPUBatchStatus, generation: int, message: str, now
 
 
 # ------------------------------------------------------------------------------ the steps
+#: Warm mode is built for `gpubatch run` only; on a cluster it is refused rather than run as
+#: one pod per task, which would silently pay the load for every task.
+WARM_NOT_ON_CLUSTER: Final = (
+    "worker.mode: Warm is supported by `gpubatch run` only so far; on a cluster set "
+    "worker.mode: PerTask (one pod per task), or run the batch on a workstation with gpubatch run"
+)
+
+
 def check_runnable(step: _Pass) -> None:
     """An invalid spec or a task list that changed under a running batch blocks dispatch."""
     obs, status = step.obs, step.status
     if obs.spec_error is not None:
         step.blocked = (Reason.INVALID_SPEC, obs.spec_error)
+    elif obs.spec.worker.mode == "Warm" and not obs.runs_warm:
+        step.blocked = (Reason.INVALID_SPEC, WARM_NOT_ON_CLUSTER)
     elif obs.fingerprint is None:
         return
     elif status.tasks_fingerprint is None:

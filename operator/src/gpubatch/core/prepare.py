@@ -16,13 +16,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gpubatch.api.spec import GPUBatchSpec
+from gpubatch.api.spec import MSG_WARM_PLACEHOLDER, GPUBatchSpec
 from gpubatch.core.collisions import refuse_colliding_outputs
 from gpubatch.core.errors import SpecError, spec_error_from_validation
 from gpubatch.core.expand import FileLister, ManifestReader, TaskList, expand
 from gpubatch.core.order import check_order, dispatch_order
 from gpubatch.core.planner import DispatchOrder
 from gpubatch.core.taskrender import RenderedTask, TaskRenderer
+from gpubatch.core.template import Template
 
 
 def parse_spec(raw: Mapping[str, Any]) -> GPUBatchSpec:
@@ -70,9 +71,24 @@ def prepare_batch(
     parsed = spec if isinstance(spec, GPUBatchSpec) else parse_spec(spec)
     tasks = expand(parsed.tasks, files=files, manifests=manifests)
     renderer = TaskRenderer(parsed, tasks.param_names, task_count=len(tasks))
+    if parsed.worker.mode == "Warm":
+        refuse_warm_placeholders(parsed)
     check_order(parsed.order, tasks)
     refuse_colliding_outputs(tasks, renderer)
     return PreparedBatch(spec=parsed, tasks=tasks, renderer=renderer)
+
+
+def refuse_warm_placeholders(spec: GPUBatchSpec) -> None:
+    """A warm program is started once for many tasks, so nothing in the task container's
+    command, args or env values may vary per task (`{{` stays a literal brace)."""
+    container = spec.template.spec.containers[spec.task_container_index()]
+    fields = [("command", v) for v in container.command or []]
+    fields += [("args", v) for v in container.args or []]
+    fields += [(f"env {e.name}", e.value) for e in container.env or [] if e.value is not None]
+    for where, value in fields:
+        template = Template.parse(value, where=where)
+        if any(not isinstance(segment, str) for segment in template.segments):
+            raise SpecError(f"{where}: {value!r}: {MSG_WARM_PLACEHOLDER}")
 
 
 __all__ = ["PreparedBatch", "SpecError", "parse_spec", "prepare_batch"]

@@ -13,7 +13,9 @@ Local mode is not a second implementation of gpubatch. It reuses, unchanged:
 - `worker.task.run_task`: each attempt is run by the task pods' own worker code, in a thread
   of this runner (`local.attempt`), so the skip re-check, atomic outputs, the deadline, signal
   forwarding, the output check and the result record are the pod's; only the command itself is
-  a new process (no Python start per task).
+  a new process (no Python start per task). With `worker.mode: Warm` each slot keeps one
+  program alive instead and feeds it the tasks it takes from the shared queue one at a time
+  (`worker.warm.WarmWorker`, the same per-task promises), so the model is loaded once per slot.
 
 What local mode adds: one slot per GPU, pinned with CUDA_VISIBLE_DEVICES (`slots`); Ctrl-C
 forwarded to every task, which stops its command and removes partial outputs; one run per state
@@ -59,7 +61,15 @@ from gpubatch.core.podview import PodView
 from gpubatch.core.prepare import PreparedBatch
 from gpubatch.edges import storage
 from gpubatch.edges.nvml import GpuReport, probe_gpus
-from gpubatch.local.attempt import Attempt, AttemptEnd, Launch, SlotWorker
+from gpubatch.local.attempt import (
+    Attempt,
+    AttemptEnd,
+    Launch,
+    PerTask,
+    SlotRunner,
+    SlotWorker,
+    Warm,
+)
 from gpubatch.local.errors import LocalError
 from gpubatch.local.journal import AttemptRecord, Journal, LocalState, SlotRecord
 from gpubatch.local.lock import StateLock, claim
@@ -288,7 +298,10 @@ class LocalRunner:
             for signum in (signal.SIGINT, signal.SIGTERM)
         }
         watchdog = Watchdog()  # forked before any thread of this run exists
-        self._workers = {slot.name: SlotWorker(slot, self._done.put) for slot in self.slots}
+        self._workers = {
+            slot.name: SlotWorker(slot, self._done.put, self._slot_runner(slot))
+            for slot in self.slots
+        }
         if self._scan_later:
             threading.Thread(target=self._scan_rest, name="gpubatch-scan", daemon=True).start()
         try:
@@ -310,6 +323,19 @@ class LocalRunner:
             wall_seconds=time.monotonic() - began,
             interrupted=self._interrupted,
             stopped_because=self._cannot_start,
+        )
+
+    def _slot_runner(self, slot: Slot) -> SlotRunner:
+        """How the slot runs its attempts: a process each, or one warm program (worker.mode)."""
+        worker = self.prepared.spec.worker
+        if worker.mode != "Warm":
+            return PerTask()
+        assert self.journal is not None
+        folder, run = self.journal.folder / "logs", self._run_id
+        return Warm(
+            lambda n: folder / f"warm-{slot.name}.program-{n}.{run}.log",
+            load_seconds_allowed=worker.load_deadline_seconds,
+            grace_seconds=self.options.grace_seconds,
         )
 
     def _loop(self, lifetime: Lifetime) -> None:
@@ -359,6 +385,7 @@ class LocalRunner:
                 outputs_exist=self._outputs_found(first),
                 node_models=self._node_models,
                 invalid_tasks=self._invalid,
+                runs_warm=True,  # worker.mode: Warm is this runner's to carry out
                 # As many creates as slots that may take a task now, so a task is never
                 # created for a GPU that is passed over.
                 limits=Limits(max_pending=len(self.slots), max_creates_per_pass=len(self._ready)),

@@ -60,7 +60,15 @@ from gpubatch.api.warm import (
 )
 from gpubatch.edges import storage
 from gpubatch.edges.nvml import GpuReport, probe_gpus
-from gpubatch.worker.run import POLL_SECONDS, OutputSink, StopRequest, _signal_group, _StderrRelay
+from gpubatch.worker.run import (
+    POLL_SECONDS,
+    UNTIED,
+    Lifetime,
+    OutputSink,
+    StopRequest,
+    _signal_group,
+    _StderrRelay,
+)
 from gpubatch.worker.task import _check_outputs, _Finisher, logger
 
 #: A reply line longer than this is a protocol error (a program printing its log to the fd).
@@ -117,10 +125,12 @@ class WarmWorker:
         node_name: str | None = None,
         stdout: OutputSink = None,
         stderr: OutputSink = None,
+        lifetime: Lifetime = UNTIED,
     ) -> None:
         """`environ` is the program's environment (default: ours) without any per-task variable;
         `load_seconds_allowed` is how long the program may load before its first task's own
-        deadline starts to count (None: no limit)."""
+        deadline starts to count (None: no limit); `lifetime` ties the program to its caller
+        as a per-task command is tied (the local runner's watchdog and state lock)."""
         if not argv:
             raise ValueError("no command given for the warm worker")
         self._argv = list(argv)
@@ -134,6 +144,7 @@ class WarmWorker:
         self._node = node_name
         self._stdout = stdout
         self._stderr = stderr
+        self._lifetime = lifetime
         self._process: subprocess.Popen[bytes] | None = None
         self._relay: _StderrRelay | None = None
         self._replies: _ReplyReader | None = None
@@ -282,7 +293,7 @@ class WarmWorker:
                 stdin=subprocess.PIPE,
                 stdout=self._stdout,
                 stderr=subprocess.PIPE,
-                pass_fds=(write_end,),
+                pass_fds=(write_end, *self._inherited_fds()),
                 start_new_session=True,
             )
         except OSError as err:
@@ -297,6 +308,8 @@ class WarmWorker:
                 f"cannot start {self._argv[0]!r}: {err.strerror or err}",
             )
         os.close(write_end)
+        if self._lifetime.groups is not None:
+            self._lifetime.groups.started(process.pid)  # its own session: pid = group id
         assert process.stdin is not None and process.stderr is not None
         os.set_blocking(process.stdin.fileno(), False)
         self._process = process
@@ -305,6 +318,18 @@ class WarmWorker:
         self._relay.start()
         logger.info("warm program started: %s", self._argv)
         return None
+
+    def _inherited_fds(self) -> tuple[int, ...]:
+        """The caller's inheritable descriptors, when its lifetime asks the program to keep
+        them (`pass_fds` closes all others; Python's own descriptors are not inheritable)."""
+        if not self._lifetime.keep_inheritable_fds:
+            return ()
+        kept = []
+        for name in os.listdir("/dev/fd"):
+            with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+                if int(name) > 2 and os.get_inheritable(int(name)):
+                    kept.append(int(name))
+        return tuple(kept)
 
     # ------------------------------------------------------------------------ the turn
     def _hand_over(self, task: TaskEnvironment) -> _Turn | None:
@@ -509,6 +534,8 @@ class WarmWorker:
         assert self._process is not None
         _signal_group(self._process.pid, signal.SIGKILL)
         returncode = self._process.wait() if returncode is None else returncode
+        if self._lifetime.groups is not None:
+            self._lifetime.groups.ended(self._process.pid)
         tail = ""
         if self._relay is not None:
             self._relay.join(_RELAY_JOIN_SECONDS)
