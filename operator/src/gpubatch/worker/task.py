@@ -109,16 +109,8 @@ def run_task(
             "batch spec, GPUBATCH_REQUIRE_GPU=false for the worker)",
         )
 
-    writes = env.write_paths()
     try:
-        # Without atomic outputs, a failed attempt may leave a half-written output that the next
-        # attempt would take for finished work and skip; so remember what existed before.
-        existed_before = set() if env.atomic_outputs else storage.existing(env.outputs)
-        if env.atomic_outputs:
-            # A leftover from a killed attempt must never be promoted as this attempt's output.
-            storage.remove(writes)
-        for problem in storage.ensure_parent_dirs(writes):
-            logger.warning("%s: %s", where, problem)
+        existed_before = prepare_outputs(env, where)
     except storage.StorageError as err:
         return finish(Outcome.FAILED, ExitCode.WORKER_ERROR, Reason.WORKER_ERROR, str(err))
 
@@ -156,16 +148,38 @@ def run_task(
 
     result = _judge(finish, env, outcome)
     if result.outcome is not Outcome.SUCCEEDED:
-        leftovers = (
-            list(env.partial_outputs)
-            if env.atomic_outputs
-            else [path for path in env.outputs if path not in existed_before]
-        )
-        try:
-            storage.remove(leftovers)
-        except storage.StorageError as err:
-            logger.warning("%s: could not remove outputs of the failed attempt: %s", where, err)
+        remove_leftovers(env, existed_before, where)
     return result
+
+
+def prepare_outputs(env: TaskEnvironment, where: str) -> frozenset[str]:
+    """Make the task's outputs ready to be written; return what existed before (non-atomic).
+
+    Without atomic outputs, a failed attempt may leave a half-written output that the next
+    attempt would take for finished work and skip; so what existed before is remembered. With
+    them, a leftover partial from a killed attempt must never be promoted as this one's output.
+    Raises storage.StorageError when storage cannot be read or prepared.
+    """
+    writes = env.write_paths()
+    existed_before = frozenset() if env.atomic_outputs else frozenset(storage.existing(env.outputs))
+    if env.atomic_outputs:
+        storage.remove(writes)
+    for problem in storage.ensure_parent_dirs(writes):
+        logger.warning("%s: %s", where, problem)
+    return existed_before
+
+
+def remove_leftovers(env: TaskEnvironment, existed_before: frozenset[str], where: str) -> None:
+    """A failed attempt's outputs must not be taken for finished work by the next run."""
+    leftovers = (
+        list(env.partial_outputs)
+        if env.atomic_outputs
+        else [path for path in env.outputs if path not in existed_before]
+    )
+    try:
+        storage.remove(leftovers)
+    except storage.StorageError as err:
+        logger.warning("%s: could not remove outputs of the failed attempt: %s", where, err)
 
 
 def _judge(finish: _Finisher, env: TaskEnvironment, outcome: CommandOutcome) -> TaskResult:

@@ -69,7 +69,13 @@ from gpubatch.worker.run import (
     _signal_group,
     _StderrRelay,
 )
-from gpubatch.worker.task import _check_outputs, _Finisher, logger
+from gpubatch.worker.task import (
+    _check_outputs,
+    _Finisher,
+    logger,
+    prepare_outputs,
+    remove_leftovers,
+)
 
 #: A reply line longer than this is a protocol error (a program printing its log to the fd).
 MAX_REPLY_BYTES: Final = 65536
@@ -185,7 +191,7 @@ class WarmWorker:
                 "program (a task that may run on the CPU must say so: worker.requireGPU: false)",
             )
         try:
-            existed_before = _prepare_outputs(task, where)
+            existed_before = prepare_outputs(task, where)
         except storage.StorageError as err:
             return finish(Outcome.FAILED, ExitCode.WORKER_ERROR, Reason.WORKER_ERROR, str(err))
         return self._take_turn(task, finish, existed_before, where)
@@ -215,7 +221,7 @@ class WarmWorker:
         finish.gpus = self._gpu_identities(task)
         result = self._judge(task, turn, finish)
         if result.outcome is not Outcome.SUCCEEDED:
-            _remove_leftovers(task, existed_before, where)
+            remove_leftovers(task, existed_before, where)
         return result
 
     def close(self) -> ProgramEnd:
@@ -581,30 +587,6 @@ def run_set(
         if on_result is not None:
             on_result(task, result)
     return SetReport(tuple(results), tuple(unrun), worker.close())
-
-
-def _prepare_outputs(task: TaskEnvironment, where: str) -> frozenset[str]:
-    """Make the task's outputs ready to be written; what existed before (non-atomic mode)."""
-    writes = task.write_paths()
-    existed_before = frozenset() if task.atomic_outputs else frozenset(storage.existing(writes))
-    if task.atomic_outputs:
-        storage.remove(writes)  # a killed turn's partial must never be promoted as this one's
-    for problem in storage.ensure_parent_dirs(writes):
-        logger.warning("%s: %s", where, problem)
-    return existed_before
-
-
-def _remove_leftovers(task: TaskEnvironment, existed_before: frozenset[str], where: str) -> None:
-    """A failed turn's outputs must not be taken for finished work by the next run."""
-    leftovers = (
-        list(task.partial_outputs)
-        if task.atomic_outputs
-        else [path for path in task.outputs if path not in existed_before]
-    )
-    try:
-        storage.remove(leftovers)
-    except storage.StorageError as err:
-        logger.warning("%s: could not remove outputs of the failed turn: %s", where, err)
 
 
 def _unread_bytes(fd: int) -> int:
