@@ -67,6 +67,14 @@ STATES: dict[str, tuple[dict[str, Any], str]] = {
         batch("suspended", tasks={"range": {"start": 0, "stop": 3}}, suspend=True),
         "Suspended",
     ),
+    "stuck": (
+        batch(
+            "stuck",
+            tasks={"range": {"start": 0, "stop": 3}},
+            annotations={"sim.gpubatch.io/waiting-reason": "ImagePullBackOff"},
+        ),
+        "TasksStuck",
+    ),
 }
 
 
@@ -228,8 +236,35 @@ def test_status_follows_the_conventions_kstatus_and_argo_read(objects: Objects, 
         assert REASON.match(condition["reason"]), condition
         assert condition["observedGeneration"] == generation
         datetime.fromisoformat(condition["lastTransitionTime"].replace("Z", "+00:00"))
-    # kstatus's generic rules: Reconciling/Stalled decide if present (see docs/gitops.md).
-    assert not {"Reconciling", "Stalled"} & set(types)
+    assert {"Reconciling", "Stalled"} <= set(types)
+
+
+def kstatus(obj: dict[str, Any]) -> str:
+    """kstatus's generic rules for a custom resource (docs/gitops.md): Terminating, then a
+    generation not yet observed, then Reconciling, then Stalled, else Current."""
+    if obj["metadata"].get("deletionTimestamp"):
+        return "Terminating"
+    status = obj.get("status") or {}
+    if status.get("observedGeneration", -1) < obj["metadata"]["generation"]:
+        return "InProgress"
+    true = {c["type"] for c in status.get("conditions") or [] if c["status"] == "True"}
+    if "Reconciling" in true:
+        return "InProgress"
+    if "Stalled" in true:
+        return "Failed"
+    return "Current"
+
+
+def test_kstatus_reads_running_as_in_progress_and_failed_or_stuck_as_failed(objects: Objects):
+    assert {name: kstatus(objects.get(name)) for name in STATES} == {
+        "running": "InProgress",
+        "complete": "Current",
+        "complete-one-failed": "Current",
+        "failed": "Failed",
+        "invalid": "Failed",
+        "suspended": "Current",
+        "stuck": "Failed",
+    }
 
 
 # ----------------------------------------------------------------------------- Argo CD health
@@ -250,8 +285,10 @@ def test_argocd_health_check_on_real_status_objects(objects: Objects):
         "failed": "Degraded",
         "invalid": "Degraded",
         "suspended": "Suspended",
+        "stuck": "Degraded",
     }
     assert health["running"]["message"] == "0/4 tasks finished"
+    assert health["stuck"]["message"].startswith("TasksStuck ImagePullBackOff: ")
     assert health["complete-one-failed"]["message"].startswith(
         "3/3 tasks finished: 2 succeeded, 1 failed"
     )

@@ -204,9 +204,11 @@ def test_a_running_batch_is_reconciling_and_not_stalled():
     assert condition_of(result.status, ConditionType.STALLED) == ("False", "NotStuck")
 
 
-def test_a_stuck_batch_is_stalled_while_it_waits():
+def test_a_stuck_batch_is_stalled_and_not_reconciling_while_it_waits():
     result = plan(an_observation(pods=[stuck(created_seconds_ago=5)]))
     assert condition_of(result.status, ConditionType.STALLED) == ("True", "ImagePullBackOff")
+    # kstatus reads Reconciling first: it must not hide Stalled.
+    assert condition_of(result.status, ConditionType.RECONCILING) == ("False", "ImagePullBackOff")
 
 
 def test_a_complete_batch_is_neither_reconciling_nor_stalled():

@@ -302,6 +302,8 @@ def plan_invalid_spec(status: GPUBatchStatus, generation: int, message: str, now
     if set_condition(new, ConditionType.FAILED, "True", invalid, message, now, generation):
         out.events.append(Event("Warning", invalid, message[:1024]))
     set_condition(new, ConditionType.PROGRESSING, "False", invalid, message, now, generation)
+    set_condition(new, ConditionType.STALLED, "True", invalid, message, now, generation)
+    set_condition(new, ConditionType.RECONCILING, "False", invalid, "", now, generation)
     new.observed_generation = generation
     return out
 
@@ -798,9 +800,9 @@ def report_stuck_tasks(step: _Pass) -> None:
 
 def set_kstatus_conditions(step: _Pass) -> None:
     """Reconciling and Stalled, the conditions kstatus (Flux, kpt, cli-utils) reads: a batch
-    still working toward its end is Reconciling (InProgress), a Failed batch or one stuck on a
-    configuration error is Stalled (Failed), a Complete one is neither (Current). A suspended
-    batch does what was asked, so it is neither either."""
+    still working toward its end is Reconciling (InProgress); a Failed batch or one stuck on a
+    configuration error is Stalled and not Reconciling (Failed); a Complete one is neither
+    (Current). A suspended batch does what was asked, so it is neither either."""
     status = step.status
     stalled = next(
         (
@@ -814,8 +816,8 @@ def set_kstatus_conditions(step: _Pass) -> None:
         step.set_condition(ConditionType.STALLED, "True", stalled.reason, stalled.message)
     else:
         step.set_condition(ConditionType.STALLED, "False", Reason.NOT_STUCK, "")
-    if stalled is not None and step.failure is not None:
-        step.set_condition(ConditionType.RECONCILING, "False", stalled.reason, "the batch failed")
+    if stalled is not None:  # kstatus reads Reconciling first: True would hide Stalled
+        step.set_condition(ConditionType.RECONCILING, "False", stalled.reason, stalled.message)
     elif step.complete:
         step.set_condition(ConditionType.RECONCILING, "False", Reason.FINISHED, "")
     elif step.obs.spec.suspend:
