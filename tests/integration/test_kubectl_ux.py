@@ -72,6 +72,7 @@ STATES: dict[str, tuple[dict[str, Any], str]] = {
             "stuck",
             tasks={"range": {"start": 0, "stop": 3}},
             annotations={"sim.gpubatch.io/waiting-reason": "ImagePullBackOff"},
+            stuck={"giveUpSeconds": 3600},  # stays stuck (not Failed) while the module runs
         ),
         "TasksStuck",
     ),
@@ -122,12 +123,13 @@ def test_get_gpub_shows_progress_columns(objects: Objects):
     columns = ("TOTAL", "SUCCEEDED", "FAILED", "SKIPPED", "RUNNING", "PROGRESS", "STATE")
     seen = {name: tuple(row[c] for c in columns) for name, row in rows.items()}
     assert seen == {
-        "running": ("4", "0", "0", "0", "1", "0/4", "Progressing"),
+        "running": ("4", "0", "0", "0", "1", "0/4", "Progressing,Reconciling"),
         "complete": ("2", "2", "0", "0", "0", "2/2", "Complete"),
         "complete-one-failed": ("3", "2", "1", "0", "0", "3/3", "Complete"),
-        "failed": ("2", "0", "1", "0", "0", "1/2", "Failed"),
-        "invalid": ("0", "0", "0", "0", "0", "0/0", "Failed"),
+        "failed": ("2", "0", "1", "0", "0", "1/2", "Failed,Stalled"),
+        "invalid": ("0", "0", "0", "0", "0", "0/0", "Failed,Stalled"),
         "suspended": ("3", "0", "0", "0", "0", "0/3", "Suspended"),
+        "stuck": ("3", "0", "0", "0", "0", "0/3", "Progressing,TasksStuck,Stalled"),
     }
 
 

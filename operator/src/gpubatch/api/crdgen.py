@@ -66,7 +66,8 @@ _COLUMNS = (
     (
         "State",
         "string",
-        "Conditions that are True (Progressing, Complete, Failed, Suspended).",
+        "Conditions that are True (Progressing, Complete, Failed, Suspended, TasksStuck, and "
+        "kstatus's Reconciling and Stalled).",
         '.status.conditions[?(@.status=="True")].type',
     ),
 )
