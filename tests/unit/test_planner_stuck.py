@@ -109,6 +109,21 @@ def test_a_pod_that_runs_ends_the_probing():
     assert [c.index for c in result.create] == [1, 2, 3]
 
 
+def test_a_short_task_that_finished_unseen_running_ends_the_probing_too():
+    status = GPUBatchStatus(stuck=StuckState(generation=1, given_up=1, reason="ErrImagePull"))
+    result = plan(an_observation(total=4, status=status, pods=[succeeded(0)], cursor=1))
+    assert result.status.stuck is None
+    assert [c.index for c in result.create] == [1, 2, 3]
+
+
+def test_a_given_up_pod_killed_on_deletion_does_not_end_the_probing():
+    status = GPUBatchStatus(stuck=StuckState(generation=1, given_up=0, reason="ErrImagePull"))
+    killed = failed(0, exit_code=137, stop_reason=STOP_STUCK + "ErrImagePull", deleting=True)
+    result = plan(an_observation(total=4, status=status, pods=[killed], cursor=1))
+    assert result.status.stuck is not None and result.status.stuck.given_up == 1
+    assert [c.index for c in result.create] == [0]  # one probe: the given-up task again
+
+
 # ------------------------------------------------------------------------------- give up
 def test_a_pod_stuck_past_give_up_seconds_is_stopped_and_a_wake_set_before():
     young = plan(an_observation(pods=[stuck(0, created_seconds_ago=30)]))

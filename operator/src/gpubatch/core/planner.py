@@ -522,10 +522,19 @@ def detect_stuck_tasks(step: _Pass) -> None:
         return
     if any(found.config for found in step.stuck):
         step.dispatch_cap = 0
-    elif stuck is not None and any(p.running for p in step.active):
+    elif stuck is not None and any(_got_past_the_error(p) for p in obs.pods):
         status.stuck = None  # a pod got past the error: it no longer repeats
     elif stuck is not None:
         step.dispatch_cap = max(0, 1 - len(step.active) - len(step.in_flight))
+
+
+def _got_past_the_error(pod: PodView) -> bool:
+    """The pod runs, or ran since the last pass (ended with an exit code, still tracked: a
+    short task may never be seen Running); a given-up pod killed on deletion does not count."""
+    if pod.running:
+        return True
+    given_up = (pod.stop_reason or "").startswith(STOP_STUCK)
+    return pod.terminal and pod.tracked and pod.exit_code is not None and not given_up
 
 
 def decide_batch_end(step: _Pass) -> None:
