@@ -123,13 +123,14 @@ def test_get_gpub_shows_progress_columns(objects: Objects):
     columns = ("TOTAL", "SUCCEEDED", "FAILED", "SKIPPED", "RUNNING", "PROGRESS", "STATE")
     seen = {name: tuple(row[c] for c in columns) for name, row in rows.items()}
     assert seen == {
-        "running": ("4", "0", "0", "0", "1", "0/4", "Progressing,Reconciling"),
+        "running": ("4", "0", "0", "0", "1", "0/4", "Progressing"),
         "complete": ("2", "2", "0", "0", "0", "2/2", "Complete"),
         "complete-one-failed": ("3", "2", "1", "0", "0", "3/3", "Complete"),
-        "failed": ("2", "0", "1", "0", "0", "1/2", "Failed,Stalled"),
-        "invalid": ("0", "0", "0", "0", "0", "0/0", "Failed,Stalled"),
+        "failed": ("2", "0", "1", "0", "0", "1/2", "Failed"),
+        "invalid": ("0", "0", "0", "0", "0", "0/0", "Failed"),
         "suspended": ("3", "0", "0", "0", "0", "0/3", "Suspended"),
-        "stuck": ("3", "0", "0", "0", "0", "0/3", "Progressing,TasksStuck,Stalled"),
+        # kubectl shows the first True condition; TasksStuck is in `describe` and the status.
+        "stuck": ("3", "0", "0", "0", "0", "0/3", "Progressing"),
     }
 
 

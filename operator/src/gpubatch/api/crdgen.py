@@ -66,8 +66,7 @@ _COLUMNS = (
     (
         "State",
         "string",
-        "Conditions that are True (Progressing, Complete, Failed, Suspended, TasksStuck, and "
-        "kstatus's Reconciling and Stalled).",
+        "Conditions that are True (Progressing, Complete, Failed, Suspended).",
         '.status.conditions[?(@.status=="True")].type',
     ),
 )
