@@ -61,6 +61,13 @@ def test_a_new_waiting_reason_is_news():
     assert [e.reason for e in second.events] == ["TasksStuck"]
 
 
+def test_a_pull_retried_by_the_kubelet_is_not_news():
+    obs = an_observation(pods=[stuck(reason="ErrImagePull", created_seconds_ago=5)])
+    second = again(plan(obs), obs, pods=[stuck(reason="ImagePullBackOff")])
+    assert second.events == []
+    assert condition_of(second.status, ConditionType.TASKS_STUCK) == ("True", "ImagePullBackOff")
+
+
 def test_waiting_for_capacity_is_information_not_a_failure():
     obs = an_observation(pods=[unschedulable(0)], nodes=[a_node(gpus=8)])
     result = plan(obs)

@@ -70,7 +70,7 @@ from gpubatch.core.outcome import (
     classify,
 )
 from gpubatch.core.podview import PodView
-from gpubatch.core.stuck import Diagnosis, NodeCapacity, diagnose
+from gpubatch.core.stuck import Diagnosis, NodeCapacity, diagnose, same_error
 
 #: Stop reason of an attempt given up stuck before Running: this prefix, then the waiting reason.
 STOP_STUCK: Final = "Stuck:"
@@ -789,7 +789,9 @@ def report_stuck_tasks(step: _Pass) -> None:
             f"given-up attempts the batch fails ({stuck.given_up if stuck else 0} so far)"
         )
         news = step.set_condition(ConditionType.TASKS_STUCK, "True", first.reason, message)
-        if news or (previous is not None and previous.reason != first.reason):
+        # The kubelet alternates ErrImagePull and ImagePullBackOff on every pull retry: one
+        # error with one fix, so only a different fix is news.
+        if news or (previous is not None and not same_error(previous.reason, first.reason)):
             step.event("Warning", Reason.TASKS_STUCK, message)
     elif step.failure is not None and step.failure[0] == Reason.TASKS_STUCK:
         reason = status.stuck.reason if status.stuck and status.stuck.reason else "TasksStuck"

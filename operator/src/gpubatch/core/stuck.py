@@ -78,6 +78,14 @@ class Diagnosis:
         return f"{text}; {self.fix}"
 
 
+def same_error(one: str, other: str) -> bool:
+    """Two waiting reasons are the same error when they ask for the same fix (ErrImagePull and
+    ImagePullBackOff are one failing pull, retried)."""
+    return one == other or (
+        one in CONFIG_ERRORS and CONFIG_ERRORS.get(one) == CONFIG_ERRORS.get(other)
+    )
+
+
 def _gpu_count(value: str | None) -> int:
     """GPUs in an allocatable quantity; extended resources are whole numbers."""
     try:
@@ -132,4 +140,5 @@ __all__ = [
     "NodeCapacity",
     "diagnose",
     "fitting_nodes",
+    "same_error",
 ]
