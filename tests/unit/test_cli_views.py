@@ -235,7 +235,7 @@ def test_a_batch_stuck_on_a_bad_image_reads_as_stuck_with_the_reason_and_fix():
         type="TasksStuck",
         status="True",
         reason="ImagePullBackOff",
-        message="1 task pods stuck before Running; task 0 (pod clips-0-0): ImagePullBackOff; "
+        message="1 task pod stuck before Running; task 0 (pod clips-0-0): ImagePullBackOff; "
         "check the image name and tag",
         last_transition_time=T0,
     )
@@ -248,10 +248,10 @@ def test_a_batch_stuck_on_a_bad_image_reads_as_stuck_with_the_reason_and_fix():
 
 def test_waiting_for_capacity_is_shown_but_the_batch_reads_as_running():
     waiting = condition("TasksStuck", "False", "WaitingForCapacity")
-    waiting.message = "2 task pods wait for capacity (normal queueing); the scheduler says: x"
+    waiting.message = "2 task pods waiting for capacity (normal queueing); the scheduler says: x"
     status = status_of(conditions=[waiting])
     assert batch_state(status) == "Running"
-    assert "waiting (WaitingForCapacity): 2 task pods wait" in status_text("b", status, now=T0)
+    assert "waiting (WaitingForCapacity): 2 task pods waiting" in status_text("b", status, now=T0)
 
 
 def test_follow_says_once_why_tasks_are_stuck():

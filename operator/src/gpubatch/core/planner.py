@@ -783,7 +783,7 @@ def report_stuck_tasks(step: _Pass) -> None:
     if errors:
         first, stuck = errors[0], status.stuck
         message = (
-            f"{len(errors)} task pods stuck before Running; {first.message}. No new tasks "
+            f"{_pods(len(errors))} stuck before Running; {first.message}. No new tasks "
             f"start meanwhile; an attempt stuck {obs.spec.stuck.give_up_seconds}s is given up "
             f"(not counted against retry.limit), and after {obs.spec.stuck.max_attempts} "
             f"given-up attempts the batch fails ({stuck.given_up if stuck else 0} so far)"
@@ -802,11 +802,15 @@ def report_stuck_tasks(step: _Pass) -> None:
             ConditionType.TASKS_STUCK,
             "False",
             Reason.WAITING_FOR_CAPACITY,
-            f"{len(waiting)} task pods wait for capacity (normal queueing); the scheduler "
+            f"{_pods(len(waiting))} waiting for capacity (normal queueing); the scheduler "
             f"says: {first.detail}; {first.fix}",
         )
     elif previous is not None:
         step.set_condition(ConditionType.TASKS_STUCK, "False", Reason.NOT_STUCK, "")
+
+
+def _pods(count: int) -> str:
+    return "1 task pod" if count == 1 else f"{count} task pods"
 
 
 def set_kstatus_conditions(step: _Pass) -> None:
