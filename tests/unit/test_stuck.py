@@ -6,6 +6,7 @@ apart from waiting for capacity, which is normal queueing."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from gpubatch.core.podview import PodView, pod_view
 from gpubatch.core.stuck import diagnose, fitting_nodes
@@ -128,3 +129,12 @@ def test_a_node_fits_by_model_and_allocatable_of_the_requested_resource():
     spec = a_spec(gpuModels=["NVIDIA-A100"], gpusPerTask=4)
     assert fitting_nodes(spec, nodes) == ["a100-big"]
     assert fitting_nodes(a_spec(gpuResource="nvidia.com/mig-1g.10gb"), nodes) == []
+
+
+# ------------------------------------------------------------------------------ spec.stuck
+def test_spec_stuck_defaults_and_bounds():
+    assert (a_spec().stuck.give_up_seconds, a_spec().stuck.max_attempts) == (120, 3)
+    with pytest.raises(ValidationError, match="giveUpSeconds"):
+        a_spec(stuck={"giveUpSeconds": 5})
+    with pytest.raises(ValidationError, match="maxAttempts"):
+        a_spec(stuck={"maxAttempts": 0})
