@@ -66,13 +66,5 @@ def real_batch(
     }
 
 
-def waiting_reason(pod: Any) -> str | None:
-    """The reason the pod's first container is waiting (ErrImagePull, ...), if it is."""
-    for status in pod.status.container_statuses or []:
-        if status.state and status.state.waiting:
-            return str(status.state.waiting.reason)
-    return None
-
-
 def wait_for_file(path: Path, *, timeout: float = 120) -> Path:
     return wait_for(lambda: path if path.exists() else None, timeout=timeout, what=f"{path}")

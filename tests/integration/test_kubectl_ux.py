@@ -67,6 +67,15 @@ STATES: dict[str, tuple[dict[str, Any], str]] = {
         batch("suspended", tasks={"range": {"start": 0, "stop": 3}}, suspend=True),
         "Suspended",
     ),
+    "stuck": (
+        batch(
+            "stuck",
+            tasks={"range": {"start": 0, "stop": 3}},
+            annotations={"sim.gpubatch.io/waiting-reason": "ImagePullBackOff"},
+            stuck={"giveUpSeconds": 3600},  # stays stuck (not Failed) while the module runs
+        ),
+        "TasksStuck",
+    ),
 }
 
 
@@ -120,6 +129,8 @@ def test_get_gpub_shows_progress_columns(objects: Objects):
         "failed": ("2", "0", "1", "0", "0", "1/2", "Failed"),
         "invalid": ("0", "0", "0", "0", "0", "0/0", "Failed"),
         "suspended": ("3", "0", "0", "0", "0", "0/3", "Suspended"),
+        # kubectl shows the first True condition; TasksStuck is in `describe` and the status.
+        "stuck": ("3", "0", "0", "0", "0", "0/3", "Progressing"),
     }
 
 
@@ -228,8 +239,35 @@ def test_status_follows_the_conventions_kstatus_and_argo_read(objects: Objects, 
         assert REASON.match(condition["reason"]), condition
         assert condition["observedGeneration"] == generation
         datetime.fromisoformat(condition["lastTransitionTime"].replace("Z", "+00:00"))
-    # kstatus's generic rules: Reconciling/Stalled decide if present (see docs/gitops.md).
-    assert not {"Reconciling", "Stalled"} & set(types)
+    assert {"Reconciling", "Stalled"} <= set(types)
+
+
+def kstatus(obj: dict[str, Any]) -> str:
+    """kstatus's generic rules for a custom resource (docs/gitops.md): Terminating, then a
+    generation not yet observed, then Reconciling, then Stalled, else Current."""
+    if obj["metadata"].get("deletionTimestamp"):
+        return "Terminating"
+    status = obj.get("status") or {}
+    if status.get("observedGeneration", -1) < obj["metadata"]["generation"]:
+        return "InProgress"
+    true = {c["type"] for c in status.get("conditions") or [] if c["status"] == "True"}
+    if "Reconciling" in true:
+        return "InProgress"
+    if "Stalled" in true:
+        return "Failed"
+    return "Current"
+
+
+def test_kstatus_reads_running_as_in_progress_and_failed_or_stuck_as_failed(objects: Objects):
+    assert {name: kstatus(objects.get(name)) for name in STATES} == {
+        "running": "InProgress",
+        "complete": "Current",
+        "one-failed": "Failed",
+        "failed": "Failed",
+        "invalid": "Failed",
+        "suspended": "Current",
+        "stuck": "Failed",
+    }
 
 
 # ----------------------------------------------------------------------------- Argo CD health
@@ -250,8 +288,10 @@ def test_argocd_health_check_on_real_status_objects(objects: Objects):
         "failed": "Degraded",
         "invalid": "Degraded",
         "suspended": "Suspended",
+        "stuck": "Degraded",
     }
     assert health["running"]["message"] == "0/4 tasks finished"
+    assert health["stuck"]["message"].startswith("TasksStuck ImagePullBackOff: ")
     assert health["one-failed"]["message"].startswith(
         "TasksFailed: 2 succeeded, 1 failed, 0 skipped of 3 tasks"
     )

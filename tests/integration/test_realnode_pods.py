@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from integration.realnode_kit import real_batch, shared_folder, waiting_reason
+from integration.realnode_kit import real_batch, shared_folder
 from support.batches import Batches
 from support.waiting import wait_for
 from testbed import Testbed
@@ -92,18 +92,20 @@ def test_worker_image_reports_no_gpu_as_uid_65532_without_capabilities_under_res
     assert states["identity"].exit_code == 0
 
 
-def test_root_image_and_missing_image_leave_task_pods_waiting_with_the_kubelets_reason(
+def test_root_image_and_missing_image_are_reported_stuck_then_failed_without_counting(
     testbed: Testbed,
     real_node: RealNode,
     namespace: str,
     running_operator: object,
     tmp_path: Path,
 ):
-    """What a user sees today (the stuck-task issue adds detection later): the task pod waits
-    forever, its container's waiting reason says why, and the batch keeps waiting too."""
+    """The real kubelet's refusals (a root image under the default runAsNonRoot, an image that
+    does not exist) reach the batch: TasksStuck with the kubelet's reason at once, then, once
+    the attempt is given up, Failed/TasksStuck, with no task failure counted."""
     shared = shared_folder(tmp_path / "shared")
     batches = Batches(testbed, namespace)
     command = ["python3", "-c", "print('never runs')"]
+    stuck = {"giveUpSeconds": 10, "maxAttempts": 1}
     # The base image runs as root; the operator's default runAsNonRoot makes the kubelet refuse.
     batches.create(
         real_batch(
@@ -113,6 +115,7 @@ def test_root_image_and_missing_image_leave_task_pods_waiting_with_the_kubelets_
             command=command,
             image=real_node.images.base.ref,
             tasks={"range": {"start": 0, "stop": 1}},
+            stuck=stuck,
         )
     )
     batches.create(
@@ -123,28 +126,22 @@ def test_root_image_and_missing_image_leave_task_pods_waiting_with_the_kubelets_
             command=command,
             image="localhost/gpubatch-no-such-image:1",
             tasks={"range": {"start": 0, "stop": 1}},
+            stuck=stuck,
         )
     )
 
-    def reasons() -> dict[str, str] | None:
-        found = {
-            pod.metadata.labels.get("gpubatch.io/batch", pod.metadata.name): waiting_reason(pod)
-            for pod in batches.pods()
-        }
-        settled = {name: reason for name, reason in found.items() if reason != "ContainerCreating"}
-        if settled.get("root-image") and settled.get("no-such-image"):
-            return settled
-        return None
-
-    seen = wait_for(reasons, timeout=120, interval=0.5, what="both task pods waiting")
-    assert seen["root-image"] == "CreateContainerConfigError"
-    assert seen["no-such-image"] in ("ErrImagePull", "ImagePullBackOff")
-    events = testbed.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
-    messages = " ".join(e.get("message", "") for e in json.loads(events)["items"])
-    assert "runAsNonRoot and image will run as root" in messages
+    reported = {
+        name: batches.wait_condition(name, "TasksStuck", timeout=120)
+        for name in ("root-image", "no-such-image")
+    }
+    assert reported["root-image"]["reason"] == "CreateContainerConfigError"
+    assert "runAsNonRoot" in reported["root-image"]["message"]
+    assert reported["no-such-image"]["reason"] in ("ErrImagePull", "ImagePullBackOff")
+    assert "localhost/gpubatch-no-such-image:1" in reported["no-such-image"]["message"]
     for name in ("root-image", "no-such-image"):
+        failed = batches.wait_condition(name, "Failed", timeout=180)
+        assert failed["reason"] == "TasksStuck"
         status = batches.status(name)
         assert status["counts"]["succeeded"] == 0 and status["counts"]["failed"] == 0
-        print(f"[realnode] {name}: waiting {seen[name]}, batch counts {status['counts']}")
-        for condition in ("Complete", "Failed"):
-            assert (batches.condition(name, condition) or {}).get("status") != "True"
+        assert status["stuck"]["givenUp"] >= 1
+        print(f"[realnode] {name}: {failed['message']}")

@@ -24,6 +24,7 @@ from gpubatch.api.status import Condition, GPUBatchStatus, RetryState
 from gpubatch.core.indexset import IndexSet
 from gpubatch.core.planner import DispatchOrder, Limits, Observation
 from gpubatch.core.podview import PodView
+from gpubatch.core.stuck import NodeCapacity
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 BATCH = "clips"
@@ -278,4 +279,46 @@ def an_observation(
         order=order or DispatchOrder(total),
         limits=limits or Limits(max_pending=1000, max_creates_per_pass=1000),
         **changes,
+    )
+
+
+# ------------------------------------------------------------------------ stuck before Running
+def stuck(
+    index: int = 0,
+    attempt: int = 0,
+    reason: str = "ImagePullBackOff",
+    *,
+    created_seconds_ago: float = 30,
+    **changes: Any,
+) -> PodView:
+    """A pod bound to a node whose container waits on `reason` (e.g. a bad image)."""
+    fields: dict[str, Any] = {
+        "phase": "Pending",
+        "started_at": None,
+        "created_at": ts(ago(created_seconds_ago)),
+        "waiting_reason": reason,
+        "waiting_message": 'Back-off pulling image "acme/encdoer:1"'
+        if "Image" in reason
+        else "runtime said no",
+    }
+    fields.update(changes)
+    return a_pod(index, attempt, **fields)
+
+
+def unschedulable(
+    index: int = 0,
+    attempt: int = 0,
+    message: str = "0/8 nodes are available: 8 Insufficient nvidia.com/gpu.",
+    **changes: Any,
+) -> PodView:
+    """Pending, not bound: the scheduler said PodScheduled=False/Unschedulable."""
+    return unscheduled(index, attempt, **{"unschedulable": message, **changes})
+
+
+def a_node(name: str = "gpu-node-1", model: str = "NVIDIA-A100", gpus: int = 8) -> NodeCapacity:
+    """A GPU node: its model label (the default gpuModelLabel) and allocatable GPUs."""
+    return NodeCapacity(
+        name=name,
+        labels={"nvidia.com/gpu.product": model},
+        allocatable={"nvidia.com/gpu": str(gpus), "cpu": "64"},
     )

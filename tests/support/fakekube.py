@@ -17,12 +17,13 @@ import itertools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gpubatch.api.names import FINALIZER_TRACKING
 from gpubatch.core.planner import Event
 from gpubatch.core.podview import PodView, pod_view
+from gpubatch.core.stuck import NodeCapacity
 from gpubatch.edges.kube import ApiError
 
 JSON = dict[str, Any]
@@ -213,6 +214,31 @@ class FakeKube:
             ],
         }
 
+    def wait_on(self, name: str, reason: str, message: str = "", *, age: float = 0.0) -> None:
+        """Pod `name` is bound but its task container waits on `reason` (e.g. ErrImagePull),
+        created `age` seconds ago."""
+        pod = self.pods[name]
+        pod["spec"].setdefault("nodeName", "gpu-node-1")
+        pod["metadata"]["creationTimestamp"] = _ago(age)
+        container = pod["spec"]["containers"][0]["name"]
+        waiting = {"reason": reason, "message": message}
+        pod["status"] = {
+            "phase": "Pending",
+            "containerStatuses": [{"name": container, "state": {"waiting": waiting}}],
+        }
+
+    def unschedulable(self, name: str, message: str, *, age: float = 0.0) -> None:
+        """The scheduler cannot place pod `name` (PodScheduled=False/Unschedulable)."""
+        pod = self.pods[name]
+        pod["metadata"]["creationTimestamp"] = _ago(age)
+        condition = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message,
+        }
+        pod["status"] = {"phase": "Pending", "conditions": [condition]}
+
     def tracked(self, name: str) -> bool:
         pod = self.pods.get(name)
         return pod is not None and FINALIZER_TRACKING in pod["metadata"].get("finalizers", [])
@@ -238,6 +264,7 @@ class FakeBatch:
     generation: int = 1
     deleting: bool = False
     nodes: dict[str, dict[str, str]] = field(default_factory=dict)
+    capacity: list[NodeCapacity] = field(default_factory=list)  # the node index, for fit checks
     hidden: set[str] = field(default_factory=set)  # pods the index has not seen yet
     events: list[Event] = field(default_factory=list)
 
@@ -259,11 +286,18 @@ class FakeBatch:
     def node_labels(self, node: str) -> Mapping[str, str]:
         return self.nodes.get(node, {})
 
+    def cluster_nodes(self) -> list[NodeCapacity]:
+        return list(self.capacity)
+
     def post(self, event: Event) -> None:
         self.events.append(event)
 
     def stopped(self) -> bool:
         return False
+
+
+def _ago(seconds: float) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _now() -> str:

@@ -10,6 +10,8 @@ DURATION = "sim.gpubatch.io/duration"
 SLOW_DURATION = "sim.gpubatch.io/slow-duration"
 EXIT_CODE = "sim.gpubatch.io/exit-code"
 TERMINATION_MESSAGE = "sim.gpubatch.io/termination-message"
+#: A container waiting reason: the bound pod never starts (kwok Stage gpubatch-pod-stuck).
+WAITING_REASON = "sim.gpubatch.io/waiting-reason"
 
 
 def go_duration(seconds: float) -> str:

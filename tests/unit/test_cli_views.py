@@ -24,6 +24,7 @@ from gpubatch.cli.statusview import (
     batch_state,
     model_rows,
     status_text,
+    stuck_note,
     summary_line,
 )
 from gpubatch.cli.table import format_duration, format_table
@@ -227,3 +228,44 @@ def test_follow_gives_up_after_its_timeout_with_exit_124():
 def test_follow_reports_a_batch_deleted_while_watching():
     with pytest.raises(CliError, match="no longer exists"):
         follow("b", lambda: None, lambda _: None, ProgressDisplay(io.StringIO(), enabled=False))
+
+
+def test_a_batch_stuck_on_a_bad_image_reads_as_stuck_with_the_reason_and_fix():
+    stuck = Condition(
+        type="TasksStuck",
+        status="True",
+        reason="ImagePullBackOff",
+        message="1 task pod stuck before Running; task 0 (pod clips-0-0): ImagePullBackOff; "
+        "check the image name and tag",
+        last_transition_time=T0,
+    )
+    status = status_of(conditions=[condition("Complete", "False", "Dispatching"), stuck])
+    assert batch_state(status) == "Stuck"
+    assert stuck_note(status) == f"stuck (ImagePullBackOff): {stuck.message}"
+    text = status_text("GPUBatch ns/clips", status, now=T0)
+    assert "ImagePullBackOff" in text and "check the image name and tag" in text
+
+
+def test_waiting_for_capacity_is_shown_but_the_batch_reads_as_running():
+    waiting = condition("TasksStuck", "False", "WaitingForCapacity")
+    waiting.message = "2 task pods waiting for capacity (normal queueing); the scheduler says: x"
+    status = status_of(conditions=[waiting])
+    assert batch_state(status) == "Running"
+    assert "waiting (WaitingForCapacity): 2 task pods waiting" in status_text("b", status, now=T0)
+
+
+def test_follow_says_once_why_tasks_are_stuck():
+    stuck = condition("TasksStuck", "True", "ErrImagePull")
+    stuck.message = "task 0 (pod b-0-0): ErrImagePull"
+    stuck_status = status_of(conditions=[stuck])
+    done = status_of(succeeded=10, conditions=[condition("Complete")])
+    seen = iter([stuck_status, stuck_status, done])
+    out = io.StringIO()
+    follow(
+        "b",
+        lambda: {"metadata": {}},
+        lambda _: next(seen),
+        ProgressDisplay(out, enabled=False),
+        sleep=lambda _: None,
+    )
+    assert out.getvalue().count("b: stuck (ErrImagePull): task 0 (pod b-0-0)") == 1

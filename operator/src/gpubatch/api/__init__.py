@@ -22,6 +22,7 @@ from gpubatch.api.spec import (
     PodTemplateMetadata,
     RangeSource,
     Retry,
+    Stuck,
     TaskSource,
     Worker,
 )
@@ -32,6 +33,7 @@ from gpubatch.api.status import (
     GpuModelStats,
     Reason,
     RetryState,
+    StuckState,
     TaskCounts,
     TaskFailure,
 )
@@ -61,6 +63,8 @@ __all__ = [
     "Reason",
     "Retry",
     "RetryState",
+    "Stuck",
+    "StuckState",
     "TaskCounts",
     "TaskFailure",
     "TaskSource",

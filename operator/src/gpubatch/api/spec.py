@@ -697,6 +697,30 @@ class Retry(_SpecModel):
         return self
 
 
+class Stuck(_SpecModel):
+    """What happens to task pods stuck before Running on a configuration error (an image that
+    cannot be pulled, a container that cannot be configured, a GPU request no node can ever
+    fit). Such an attempt is not a task failure: it is given up without counting against
+    retry.limit, and a batch that keeps hitting the error fails instead of waiting forever."""
+
+    give_up_seconds: int = Field(
+        120,
+        ge=10,
+        le=86400,
+        description="How long a task pod may stay stuck on a configuration error (counted from "
+        "its creation) before its attempt is given up: stopped, its pod removed, not counted "
+        "against retry.limit. The error is reported at once either way. Defaults to 120.",
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Given-up attempts (of this spec generation) after which the batch is "
+        "Failed with reason TasksStuck. Editing the spec (e.g. a fixed image) starts the "
+        "count afresh and resumes the batch. Defaults to 3.",
+    )
+
+
 class PodCleanup(_SpecModel):
     """What happens to task pods once their outcome is recorded in the status."""
 
@@ -1027,6 +1051,11 @@ class GPUBatchSpec(_SpecModel):
         "per-model statistics. Defaults to nvidia.com/gpu.product (GPU feature discovery).",
     )
     retry: Retry = Field(default_factory=Retry, description="Retries of failed tasks.")
+    stuck: Stuck = Field(
+        default_factory=Stuck,
+        description="Task pods stuck before Running on a configuration error: when an attempt "
+        "is given up and when the batch fails.",
+    )
     task_deadline_seconds: int | None = Field(
         None,
         ge=1,

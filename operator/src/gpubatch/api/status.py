@@ -42,6 +42,13 @@ class ConditionType(StrEnum):
     COMPLETE = "Complete"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    #: Task pods are stuck before Running on a configuration error (True), or only wait for
+    #: capacity (False, reason WaitingForCapacity). Set once a pod has been stuck or waiting.
+    TASKS_STUCK = "TasksStuck"
+    #: kstatus's generic conditions: Reconciling True while the batch works toward its end,
+    #: Stalled True while it cannot (Failed, or stuck on a configuration error).
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
 
 
 class Reason(StrEnum):
@@ -56,6 +63,10 @@ class Reason(StrEnum):
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
     TASK_LIST_CHANGED = "TaskListChanged"
+    TASKS_STUCK = "TasksStuck"
+    WAITING_FOR_CAPACITY = "WaitingForCapacity"
+    NOT_STUCK = "NotStuck"
+    FINISHED = "Finished"
 
 
 class FailureReason(StrEnum):
@@ -89,7 +100,7 @@ class Condition(_StatusModel):
     type: str = Field(
         min_length=1,
         max_length=316,
-        description="Progressing, Complete, Failed or Suspended.",
+        description="Progressing, Complete, Failed, Suspended, TasksStuck, Reconciling or Stalled.",
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(
@@ -218,6 +229,24 @@ class RetryState(_StatusModel):
     )
 
 
+class StuckState(_StatusModel):
+    """Task attempts given up stuck before Running, in one spec generation.
+
+    Kept in the status so the count toward stuck.maxAttempts survives an operator restart; a
+    new spec generation starts it afresh (the spec was fixed)."""
+
+    generation: int = Field(ge=0, description="Spec generation the count belongs to.")
+    given_up: int = Field(0, ge=0, description="Attempts given up stuck in this generation.")
+    reason: str = Field(
+        "", max_length=128, description="Waiting reason of the last given-up attempt."
+    )
+    message: str = Field(
+        "",
+        max_length=CONDITION_MESSAGE_LIMIT,
+        description="What the last given-up attempt waited on, and the fix.",
+    )
+
+
 class GPUBatchStatus(_StatusModel):
     """What has happened to the batch, kept small at any number of tasks."""
 
@@ -263,6 +292,11 @@ class GPUBatchStatus(_StatusModel):
         description="Digest of the expanded task list (file lists and manifest contents "
         "included); a change means the index -> task mapping changed under a running batch.",
     )
+    stuck: StuckState | None = Field(
+        None,
+        description="Task attempts given up stuck before Running on a configuration error, "
+        "counted toward spec.stuck.maxAttempts.",
+    )
     start_time: datetime | None = Field(None, description="When the first task was dispatched.")
     completion_time: datetime | None = Field(
         None, description="When the batch became Complete or Failed."
@@ -279,5 +313,6 @@ class GPUBatchStatus(_StatusModel):
     conditions: list[Annotated[Condition, Field(description="One condition.")]] = Field(
         default_factory=list,
         json_schema_extra=list_map("type"),
-        description="Progressing, Complete, Failed and Suspended, one entry per type.",
+        description="Progressing, Complete, Failed, Suspended, TasksStuck, Reconciling and "
+        "Stalled, one entry per type.",
     )

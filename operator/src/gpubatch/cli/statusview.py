@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from gpubatch.api.status import ConditionType, GPUBatchStatus, GpuModelStats
+from gpubatch.api.status import ConditionType, GPUBatchStatus, GpuModelStats, Reason
 from gpubatch.cli.table import format_duration, format_table
 from gpubatch.core.indexset import IndexSet
 
@@ -22,13 +22,26 @@ def condition_true(status: GPUBatchStatus, type_: ConditionType) -> bool:
 
 
 def batch_state(status: GPUBatchStatus | None) -> str:
-    """One word: Complete, Failed, Suspended, Running, or Pending (no status written yet)."""
+    """One word: Complete, Failed, Suspended, Stuck (task pods stuck before Running on a
+    configuration error), Running, or Pending (no status written yet)."""
     if status is None or not status.conditions:
         return "Pending"
     for type_ in (ConditionType.FAILED, ConditionType.COMPLETE, ConditionType.SUSPENDED):
         if condition_true(status, type_):
             return str(type_)
+    if condition_true(status, ConditionType.TASKS_STUCK):
+        return "Stuck"
     return "Running"
+
+
+def stuck_note(status: GPUBatchStatus) -> str | None:
+    """Why task pods are not running, when they are stuck or wait for capacity: the
+    TasksStuck condition's reason and message (task, kubelet or scheduler words, the fix)."""
+    found = next((c for c in status.conditions if c.type == ConditionType.TASKS_STUCK), None)
+    if found is None or (found.status != "True" and found.reason != Reason.WAITING_FOR_CAPACITY):
+        return None
+    label = "stuck" if found.status == "True" else "waiting"
+    return f"{label} ({found.reason}): {found.message}"
 
 
 def finished(status: GPUBatchStatus) -> bool:
@@ -82,6 +95,9 @@ def status_text(title: str, status: GPUBatchStatus | None, now: datetime | None 
             indent="  ",
         ),
     ]
+    note = stuck_note(status)
+    if note is not None and not condition_true(status, ConditionType.TASKS_STUCK):
+        lines += ["", f"  {note}"]  # (a True TasksStuck is in the conditions below)
     true = [cond for cond in status.conditions if cond.status == "True"]
     if true:
         lines += ["", "  conditions that are True:"]

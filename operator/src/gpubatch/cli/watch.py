@@ -19,7 +19,7 @@ from typing import Any
 from gpubatch.api.status import GPUBatchStatus
 from gpubatch.cli.errors import CliError, Exit
 from gpubatch.cli.progress import ProgressDisplay, RateTracker, progress_line
-from gpubatch.cli.statusview import batch_state, finished
+from gpubatch.cli.statusview import batch_state, finished, stuck_note
 
 Fetch = Callable[[], dict[str, Any] | None]
 ParseStatus = Callable[[dict[str, Any]], GPUBatchStatus | None]
@@ -41,6 +41,7 @@ def follow(
     rate = RateTracker()
     baseline: int | None = None
     last_state = ""
+    last_note: str | None = None
     while True:
         obj = fetch()
         if obj is None:
@@ -63,6 +64,10 @@ def follow(
             if state != last_state and state == "Suspended":
                 display.message(f"{name} is suspended (spec.suspend): no new tasks start")
             last_state = state
+            note = stuck_note(status)
+            if note is not None and note != last_note:
+                display.message(f"{name}: {note}")
+            last_note = note
             display.update(progress_line(name, status.counts, rate.rate(), rate.eta(remaining)))
         if timeout is not None and clock() - began >= timeout:
             raise CliError(

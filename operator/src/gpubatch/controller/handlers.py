@@ -2,7 +2,8 @@
 
 - an index of task pods (server-side label selector: only pods carrying our batch-uid label are
   ever sent to the operator), each reduced to a PodView;
-- an index of node labels (for the GPU model of a pod's node);
+- an index of nodes: labels and allocatable resources (the GPU model of a pod's node, and
+  whether any node could ever hold an unschedulable task pod);
 - the pod index wakes the pod's batch on every pod event, and a batch event handler wakes it on
   spec edits;
 - one daemon per GPUBatch running its reconcile loop;
@@ -27,6 +28,7 @@ from gpubatch.controller.reconcile import BatchRuntime, Reconciler
 from gpubatch.core.planner import Event, Limits
 from gpubatch.core.podspec import BatchRef, task_selector
 from gpubatch.core.podview import PodView, pod_view
+from gpubatch.core.stuck import NodeCapacity
 from gpubatch.edges.kube import ApiEndpoint, KubeClient
 
 log = logging.getLogger("gpubatch.handlers")
@@ -190,8 +192,11 @@ async def task_pods(body: kopf.Body, memo: Any, **_: Any) -> dict[str, PodView] 
 
 
 @kopf.index("v1", "nodes", id="node_labels")
-async def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
-    return {name: dict(labels)}
+async def node_labels(
+    name: str, labels: kopf.Labels, status: kopf.Status, **_: Any
+) -> dict[str, NodeCapacity]:
+    allocatable = {str(k): str(v) for k, v in (status.get("allocatable") or {}).items()}
+    return {name: NodeCapacity(name, dict(labels), allocatable)}
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="wake_on_batch_change")
@@ -220,7 +225,7 @@ async def reconcile(
 ) -> None:
     # kopf passes each index by its handler id.
     task_pods: kopf.Index[str, PodView] = kwargs["task_pods"]
-    node_labels: kopf.Index[str, dict[str, str]] = kwargs["node_labels"]
+    node_labels: kopf.Index[str, NodeCapacity] = kwargs["node_labels"]
     operator = _operator(memo)
     reconciler = operator.connection.reconciler
     runtime = operator.runtimes.setdefault(
@@ -244,16 +249,19 @@ class KopfBatch:
     uid: str
     body: kopf.Body
     task_pods: kopf.Index[str, PodView]
-    node_index: kopf.Index[str, dict[str, str]]
+    node_index: kopf.Index[str, NodeCapacity]
     stop_flag: kopf.DaemonStopped
 
     def pods(self) -> Iterable[PodView]:
         return list(self.task_pods.get(self.uid, []))
 
-    def node_labels(self, node: str) -> dict[str, str]:
-        for labels in self.node_index.get(node, []):
-            return labels
+    def node_labels(self, node: str) -> Mapping[str, str]:
+        for found in self.node_index.get(node, []):
+            return found.labels
         return {}
+
+    def cluster_nodes(self) -> list[NodeCapacity]:
+        return [found for values in self.node_index.values() for found in values]
 
     def post(self, event: Event) -> None:
         kopf.event(self.body, type=event.type, reason=event.reason, message=event.message)

@@ -39,6 +39,7 @@ from gpubatch.core.planner import (
 )
 from gpubatch.core.podspec import BatchRef, render_pod
 from gpubatch.core.podview import PodView
+from gpubatch.core.stuck import NodeCapacity
 from gpubatch.edges.kube import JSON, ApiError
 
 log = logging.getLogger("gpubatch.reconcile")
@@ -90,6 +91,10 @@ class BatchContext(Protocol):
         ...
 
     def node_labels(self, node: str) -> Mapping[str, str]: ...
+
+    def cluster_nodes(self) -> Iterable[NodeCapacity]:
+        """Every node's labels and allocatable resources (the node index)."""
+        ...
 
     def post(self, event: Event) -> None: ...
 
@@ -260,6 +265,8 @@ class Reconciler:
             in_flight=_still_in_flight(runtime, views),
             outputs_exist=outputs_exist,
             node_models=_node_models(batch, views, loaded.spec.gpu_model_label),
+            # Only an unschedulable pod needs them: could any node ever hold it?
+            nodes=list(batch.cluster_nodes()) if any(v.unschedulable for v in views) else None,
             spec_error=loaded.error or current.refused,
             invalid_tasks=dict(runtime.invalid_tasks),
             fingerprint=loaded.prepared.tasks.fingerprint if loaded.prepared else None,

@@ -20,15 +20,21 @@ rely on the ones before it):
 
 1. `check_runnable`: an invalid spec or a changed task list blocks dispatch.
 2. `fail_invalid_tasks`: tasks that cannot be rendered fail alone.
-3. `record_outcomes`: every terminal pod's outcome into the ledger; tracked ones are released.
-4. `skip_existing_outputs`: tasks whose outputs exist are skipped before any pod starts.
-5. `enforce_task_deadlines`: running attempts past the task deadline are stopped.
-6. `decide_batch_end`: failed (blocked, too many failed tasks, deadline, or every task
+3. `record_given_up_attempts`: attempts given up stuck before Running are recorded like a
+   disruption (retried, not counted) and count toward spec.stuck.maxAttempts.
+4. `record_outcomes`: every terminal pod's outcome into the ledger; tracked ones are released.
+5. `skip_existing_outputs`: tasks whose outputs exist are skipped before any pod starts.
+6. `enforce_task_deadlines`: running attempts past the task deadline are stopped.
+7. `detect_stuck_tasks`: pods stuck before Running are diagnosed (`core/stuck.py`); a
+   configuration error holds dispatch back, too many given-up attempts block the batch.
+8. `decide_batch_end`: failed (blocked, too many failed tasks, deadline, or every task
    finished and some failed) or complete (every task succeeded or was skipped).
-7. `dispatch`: retries whose backoff is over, then fresh tasks in dispatch order, in budget.
-8. `clean_up`: finished, recorded pods are deleted unless podCleanup keeps them.
-9. `write_counts`, `set_conditions`, `settle`: the status, its conditions and Events, the
-   completion time, the TTL and the next timer.
+9. `give_up_stuck_attempts`: pods stuck on a configuration error for too long are stopped.
+10. `dispatch`: retries whose backoff is over, then fresh tasks in dispatch order, in budget.
+11. `clean_up`: finished, recorded pods are deleted unless podCleanup keeps them.
+12. `write_counts`, `set_conditions`, `report_stuck_tasks`, `set_kstatus_conditions`,
+    `settle`: the status, its conditions and Events, the completion time, the TTL and the next
+    timer.
 
 A spec that does not parse has no tasks to plan: `plan_invalid_spec` decides that case.
 """
@@ -42,6 +48,7 @@ from typing import Final, Literal
 
 from gpubatch.api.spec import GPUBatchSpec
 from gpubatch.api.status import (
+    CONDITION_MESSAGE_LIMIT,
     FAILURE_MESSAGE_LIMIT,
     RECENT_FAILURES_LIMIT,
     UNKNOWN_GPU_MODEL,
@@ -50,6 +57,7 @@ from gpubatch.api.status import (
     GPUBatchStatus,
     Reason,
     RetryState,
+    StuckState,
     TaskCounts,
     TaskFailure,
 )
@@ -64,6 +72,10 @@ from gpubatch.core.outcome import (
     classify,
 )
 from gpubatch.core.podview import PodView
+from gpubatch.core.stuck import Diagnosis, NodeCapacity, diagnose, same_error
+
+#: Stop reason of an attempt given up stuck before Running: this prefix, then the waiting reason.
+STOP_STUCK: Final = "Stuck:"
 
 #: Operator-wide defaults a batch may override.
 DEFAULT_MAX_PENDING: Final = 8
@@ -141,6 +153,9 @@ class Observation:
     fingerprint: str | None = None
     limits: Limits = field(default_factory=Limits)
     runs_warm: bool = False  # the executor supports worker.mode: Warm (gpubatch run does)
+    #: The cluster's nodes (labels, allocatable), to tell "no node can ever hold this pod"
+    #: from "wait for capacity"; None when not looked up (no pod is unschedulable).
+    nodes: Sequence[NodeCapacity] | None = None
 
 
 @dataclass
@@ -223,6 +238,8 @@ class _Pass:
     blocked: tuple[str, str] | None = None  # invalid spec or changed task list
     failure: tuple[str, str] | None = None  # why the batch ended badly, if it did
     complete: bool = False
+    stuck: list[Diagnosis] = field(default_factory=list)  # pods stuck before Running
+    dispatch_cap: int | None = None  # most pods to create while stuck (None: no cap)
 
     @classmethod
     def start(cls, obs: Observation) -> _Pass:
@@ -261,14 +278,19 @@ def plan(obs: Observation) -> Plan:
     step = _Pass.start(obs)
     check_runnable(step)
     fail_invalid_tasks(step)
+    record_given_up_attempts(step)
     record_outcomes(step)
     skip_existing_outputs(step)
     enforce_task_deadlines(step)
+    detect_stuck_tasks(step)
     decide_batch_end(step)
+    give_up_stuck_attempts(step)
     dispatch(step)
     clean_up(step)
     write_counts(step)
     set_conditions(step)
+    report_stuck_tasks(step)
+    set_kstatus_conditions(step)
     settle(step)
     return step.out
 
@@ -283,6 +305,8 @@ def plan_invalid_spec(status: GPUBatchStatus, generation: int, message: str, now
     if set_condition(new, ConditionType.FAILED, "True", invalid, message, now, generation):
         out.events.append(Event("Warning", invalid, message[:1024]))
     set_condition(new, ConditionType.PROGRESSING, "False", invalid, message, now, generation)
+    set_condition(new, ConditionType.STALLED, "True", invalid, message, now, generation)
+    set_condition(new, ConditionType.RECONCILING, "False", invalid, "", now, generation)
     new.observed_generation = generation
     return out
 
@@ -419,6 +443,49 @@ def _note_failure(step: _Pass, pod: PodView, verdict: AttemptOutcome) -> None:
         )
 
 
+def record_given_up_attempts(step: _Pass) -> None:
+    """An attempt given up stuck before Running (stop reason `Stuck:<reason>`) that has ended is
+    recorded like a disruption: its task gets a next attempt and no failure is counted against
+    retry.limit (the task never ran). It counts toward spec.stuck.maxAttempts instead. Runs
+    before `record_outcomes`, which then finds it recorded."""
+    ledger = step.ledger
+    for pod in step.obs.pods:
+        stop = pod.stop_reason or ""
+        if not pod.terminal or not stop.startswith(STOP_STUCK) or ledger.recorded(pod):
+            continue
+        state = ledger.retries.get(pod.index)
+        ledger.retries[pod.index] = RetryState(
+            index=pod.index,
+            attempts=pod.attempt + 1,
+            failures=state.failures if state else 0,
+            not_before=None,
+        )
+        reason = stop.removeprefix(STOP_STUCK) or "Stuck"
+        _add_failure(
+            step.status,
+            TaskFailure(
+                index=pod.index,
+                attempt=pod.attempt,
+                reason=reason[:128],
+                message="given up stuck before Running (spec.stuck.giveUpSeconds); "
+                "not counted against retry.limit",
+                node=pod.node,
+                time=step.obs.now,
+            ),
+        )
+        stuck = _stuck_state(step)
+        stuck.given_up += 1
+        stuck.reason = reason[:128]
+
+
+def _stuck_state(step: _Pass) -> StuckState:
+    """The given-up count of this spec generation (a new generation starts afresh)."""
+    generation = step.obs.generation
+    if step.status.stuck is None or step.status.stuck.generation != generation:
+        step.status.stuck = StuckState(generation=generation)
+    return step.status.stuck
+
+
 def skip_existing_outputs(step: _Pass) -> None:
     """Tasks whose outputs the bulk scan found are done before any pod of theirs starts."""
     found = step.obs.outputs_exist
@@ -451,6 +518,46 @@ def enforce_task_deadlines(step: _Pass) -> None:
             step.wakes.append(left)
 
 
+def detect_stuck_tasks(step: _Pass) -> None:
+    """Diagnose pods stuck before Running. While one waits on a configuration error nothing
+    new is dispatched; after a give-up, one pod at a time probes until a pod runs. Too many
+    given-up attempts in this spec generation block the batch (Failed/TasksStuck), which a new
+    generation (a fixed spec) lifts."""
+    obs, status = step.obs, step.status
+    if status.stuck is not None and status.stuck.generation != obs.generation:
+        status.stuck = None  # the spec changed: count afresh
+    step.stuck = [
+        found
+        for pod in sorted(step.active, key=lambda p: p.key)
+        if (found := diagnose(pod, obs.spec, obs.nodes)) is not None
+    ]
+    stuck, limit = status.stuck, obs.spec.stuck.max_attempts
+    if stuck is not None and stuck.given_up >= limit:
+        if step.blocked is None:
+            step.blocked = (
+                Reason.TASKS_STUCK,
+                f"{stuck.given_up} task attempts were given up stuck before Running "
+                f"(spec.stuck.maxAttempts is {limit}); the last: {stuck.message}. Fix the "
+                "spec: editing it resumes the batch",
+            )
+        return
+    if any(found.config for found in step.stuck):
+        step.dispatch_cap = 0
+    elif stuck is not None and any(_got_past_the_error(p) for p in obs.pods):
+        status.stuck = None  # a pod got past the error: it no longer repeats
+    elif stuck is not None:
+        step.dispatch_cap = max(0, 1 - len(step.active) - len(step.in_flight))
+
+
+def _got_past_the_error(pod: PodView) -> bool:
+    """The pod runs, or ran since the last pass (ended with an exit code, still tracked: a
+    short task may never be seen Running); a given-up pod killed on deletion does not count."""
+    if pod.running:
+        return True
+    given_up = (pod.stop_reason or "").startswith(STOP_STUCK)
+    return pod.terminal and pod.tracked and pod.exit_code is not None and not given_up
+
+
 def decide_batch_end(step: _Pass) -> None:
     """Has the batch failed (blocked, too many failed tasks, its deadline) or completed?
     A batch that ended badly stops its running attempts."""
@@ -463,7 +570,11 @@ def decide_batch_end(step: _Pass) -> None:
         # A Failed batch stays Failed unless it was blocked (an invalid spec, a changed task
         # list) and the block is gone: the spec was fixed, or the task list restored.
         previous = next(c for c in obs.status.conditions if c.type == ConditionType.FAILED)
-        if previous.reason not in (Reason.INVALID_SPEC, Reason.TASK_LIST_CHANGED):
+        if previous.reason not in (
+            Reason.INVALID_SPEC,
+            Reason.TASK_LIST_CHANGED,
+            Reason.TASKS_STUCK,
+        ):
             step.failure = (previous.reason, previous.message)
     if step.failure is None and step.ledger.finished >= obs.total:
         step.failure = _finished_with_failures(step)
@@ -538,6 +649,27 @@ def _past_batch_deadline(step: _Pass) -> tuple[str, str] | None:
     )
 
 
+def give_up_stuck_attempts(step: _Pass) -> None:
+    """Stop pods stuck on a configuration error for spec.stuck.giveUpSeconds since creation
+    (their attempt is recorded by `record_given_up_attempts` once the pod is gone); wake when
+    the next one is due. A batch that ended stops them anyway."""
+    if step.failure is not None:
+        return
+    obs, give_up = step.obs, step.obs.spec.stuck.give_up_seconds
+    for found in step.stuck:
+        if not found.config:
+            continue
+        pod = found.pod
+        left = give_up - (obs.now.timestamp() - (pod.created_at or obs.now.timestamp()))
+        if left > 0:
+            step.wakes.append(left)
+            continue
+        step.out.stop.append((pod, STOP_STUCK + found.reason))
+        state = _stuck_state(step)
+        state.reason = found.reason[:128]
+        state.message = found.message[:CONDITION_MESSAGE_LIMIT]
+
+
 def dispatch(step: _Pass) -> None:
     """Create attempts within the budget: retries whose backoff is over first, then fresh
     tasks in dispatch order. Nothing starts in a batch that ended, completed or is suspended."""
@@ -569,6 +701,8 @@ def _dispatch_budget(step: _Pass) -> int:
     budget = min(obs.limits.max_creates_per_pass, max_pending - unscheduled)
     if obs.spec.parallelism is not None:
         budget = min(budget, obs.spec.parallelism - len(step.active) - len(step.in_flight))
+    if step.dispatch_cap is not None:
+        budget = min(budget, step.dispatch_cap)
     return budget
 
 
@@ -696,6 +830,81 @@ def _set_suspended(step: _Pass) -> None:
         step.event("Normal", "Resumed", "dispatching resumed")
 
 
+def report_stuck_tasks(step: _Pass) -> None:
+    """TasksStuck: True (reason: the waiting reason) while pods are stuck on a configuration
+    error or the batch failed on it, with a Warning Event when it starts or its reason
+    changes; False/WaitingForCapacity while pods only wait for a node to free up. Absent
+    until a pod has been stuck or waiting, so ordinary batches carry no extra condition."""
+    obs, status = step.obs, step.status
+    errors = [found for found in step.stuck if found.config]
+    waiting = [found for found in step.stuck if not found.config]
+    previous = next((c for c in obs.status.conditions if c.type == ConditionType.TASKS_STUCK), None)
+    if errors:
+        first, stuck = errors[0], status.stuck
+        message = (
+            f"{_pods(len(errors))} stuck before Running; {first.message}. No new tasks "
+            f"start meanwhile; an attempt stuck {obs.spec.stuck.give_up_seconds}s is given up "
+            f"(not counted against retry.limit), and after {obs.spec.stuck.max_attempts} "
+            f"given-up attempts the batch fails ({stuck.given_up if stuck else 0} so far)"
+        )
+        news = step.set_condition(ConditionType.TASKS_STUCK, "True", first.reason, message)
+        # The kubelet alternates ErrImagePull and ImagePullBackOff on every pull retry: one
+        # error with one fix, so only a different fix is news.
+        if news or (previous is not None and not same_error(previous.reason, first.reason)):
+            step.event("Warning", Reason.TASKS_STUCK, message)
+    elif step.failure is not None and step.failure[0] == Reason.TASKS_STUCK:
+        reason = status.stuck.reason if status.stuck and status.stuck.reason else "TasksStuck"
+        step.set_condition(ConditionType.TASKS_STUCK, "True", reason, step.failure[1])
+    elif waiting and step.failure is None:
+        first = waiting[0]
+        step.set_condition(
+            ConditionType.TASKS_STUCK,
+            "False",
+            Reason.WAITING_FOR_CAPACITY,
+            f"{_pods(len(waiting))} waiting for capacity (normal queueing); the scheduler "
+            f"says: {first.detail}; {first.fix}",
+        )
+    elif previous is not None:
+        step.set_condition(ConditionType.TASKS_STUCK, "False", Reason.NOT_STUCK, "")
+
+
+def _pods(count: int) -> str:
+    return "1 task pod" if count == 1 else f"{count} task pods"
+
+
+def set_kstatus_conditions(step: _Pass) -> None:
+    """Reconciling and Stalled, the conditions kstatus (Flux, kpt, cli-utils) reads: a batch
+    still working toward its end is Reconciling (InProgress); a Failed batch or one stuck on a
+    configuration error is Stalled and not Reconciling (Failed); a Complete one is neither
+    (Current). A suspended batch does what was asked, so it is neither either."""
+    status = step.status
+    stalled = next(
+        (
+            c
+            for c in status.conditions
+            if c.type in (ConditionType.FAILED, ConditionType.TASKS_STUCK) and c.status == "True"
+        ),
+        None,
+    )
+    if stalled is not None:
+        step.set_condition(ConditionType.STALLED, "True", stalled.reason, stalled.message)
+    else:
+        step.set_condition(ConditionType.STALLED, "False", Reason.NOT_STUCK, "")
+    if stalled is not None:  # kstatus reads Reconciling first: True would hide Stalled
+        step.set_condition(ConditionType.RECONCILING, "False", stalled.reason, stalled.message)
+    elif step.complete:
+        step.set_condition(ConditionType.RECONCILING, "False", Reason.FINISHED, "")
+    elif step.obs.spec.suspend:
+        step.set_condition(ConditionType.RECONCILING, "False", Reason.SUSPENDED, "")
+    else:
+        step.set_condition(
+            ConditionType.RECONCILING,
+            "True",
+            Reason.DISPATCHING,
+            status.progress + " tasks finished",
+        )
+
+
 def settle(step: _Pass) -> None:
     """Finished or not, the completion time, the TTL (delete the batch, or wake for it) and
     the earliest timer a later pass needs."""
@@ -724,6 +933,7 @@ def _ttl_expired(status: GPUBatchStatus, ttl_seconds: int | None, now: datetime)
 
 
 __all__ = [
+    "STOP_STUCK",
     "DispatchOrder",
     "Event",
     "Ledger",

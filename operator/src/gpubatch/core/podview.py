@@ -66,6 +66,12 @@ class PodView:
     created_at: float | None
     started_at: float | None
     finished_at: float | None
+    #: Why a container waits before it runs (ErrImagePull, CreateContainerConfigError, ...):
+    #: the task container's, else the first other container reporting one. None when none waits.
+    waiting_reason: str | None = None
+    waiting_message: str = ""
+    #: The scheduler's PodScheduled=False message of an unschedulable pod, None otherwise.
+    unschedulable: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -112,10 +118,17 @@ def pod_view(pod: dict[str, Any], task_container: str | None = None) -> PodView 
     terminated = (container.get("state") or {}).get("terminated") or {}
     running = (container.get("state") or {}).get("running") or {}
 
-    disruption = None
+    disruption, unschedulable = None, None
     for condition in status.get("conditions") or []:
         if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
             disruption = str(condition.get("reason") or "Disrupted")
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            unschedulable = str(condition.get("message") or "Unschedulable")
+    waiting = _waiting(container, [*(status.get("initContainerStatuses") or []), *statuses])
     pod_reason = str(status.get("reason") or "")
     if disruption is None and pod_reason in DISRUPTION_REASONS:
         disruption = pod_reason
@@ -142,4 +155,21 @@ def pod_view(pod: dict[str, Any], task_container: str | None = None) -> PodView 
             terminated.get("startedAt") or running.get("startedAt") or status.get("startTime")
         ),
         finished_at=_timestamp(terminated.get("finishedAt")),
+        waiting_reason=str(waiting.get("reason")) if waiting.get("reason") else None,
+        waiting_message=str(waiting.get("message") or ""),
+        unschedulable=unschedulable,
     )
+
+
+def _waiting(task: dict[str, Any], others: list[dict[str, Any]]) -> dict[str, Any]:
+    """The task container's waiting state, else the first other container's that has a
+    reason other than the routine ContainerCreating/PodInitializing (an init container whose
+    image cannot be pulled holds the task back just the same)."""
+    own = (task.get("state") or {}).get("waiting") or {}
+    if own.get("reason") not in (None, "", "ContainerCreating", "PodInitializing"):
+        return dict(own)
+    for other in others:
+        waiting = (other.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") not in (None, "", "ContainerCreating", "PodInitializing"):
+            return dict(waiting)
+    return dict(own)
