@@ -53,13 +53,14 @@ def test_node_deleted_mid_task_is_retried_without_counting(batches: Batches):
     nodes = batches.testbed.create_nodes([pool])
     try:
         with PodMonitor(batches.testbed, batches.namespace) as monitor:
-            # Long enough that the pod garbage collector (about 40-60 s after the node goes)
-            # acts before the simulated task would have finished on the vanished node.
+            # Long enough that the pod garbage collector (about 40-60 s after the node goes,
+            # over 75 s seen on a busy machine) acts before the simulated task would have
+            # finished on the vanished node.
             batches.create(
                 batch(
                     "survivor",
                     tasks={"range": {"stop": 2}},
-                    duration="75s",
+                    duration="150s",
                     gpuModels=[model],
                     retry={"limit": 0},
                 )
@@ -72,7 +73,7 @@ def test_node_deleted_mid_task_is_retried_without_counting(batches: Batches):
             lost_node = running[0].spec.node_name
             running = [p for p in running if p.spec.node_name == lost_node]
             batches.testbed.delete_node(lost_node)
-            batches.wait_condition("survivor", "Complete", timeout=300)
+            batches.wait_condition("survivor", "Complete", timeout=420)
         status = batches.status("survivor")
         # retry.limit is 0: had the lost attempt counted, the task would have failed.
         assert status["counts"]["succeeded"] == 2 and status["counts"]["failed"] == 0

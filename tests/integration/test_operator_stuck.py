@@ -101,11 +101,13 @@ def test_a_waiting_reason_is_reported_given_up_uncounted_and_fails_the_batch(
     assert status["counts"]["failed"] == 0  # given up, not failed: no retries burnt
     assert all(r["failures"] == 0 for r in status.get("retries") or [])
     # Bound pods free maxPending before the kubelet reports the error, so a few more than
-    # maxPending may start; after the report nothing new is dispatched, and every pod
-    # created got stuck and was given up (its task waits in retries).
+    # maxPending may start; after the report nothing new is dispatched. maxAttempts attempts
+    # were given up (their tasks wait in retries, uncounted); how many more were still stuck
+    # when the batch failed, and so were stopped with it, depends on the kubelet's timing.
     assert set(monitor.created) <= before_stop
-    given_up = {int(name.split("-")[1]) for name in monitor.created}
-    assert given_up == {r["index"] for r in status["retries"]}
+    dispatched = {int(name.split("-")[1]) for name in monitor.created}
+    assert {r["index"] for r in status["retries"]} <= dispatched
+    assert status["stuck"]["givenUp"] >= stuck_spec["maxAttempts"]
     assert condition(batches.get("stuck"), "Stalled")["status"] == "True"  # type: ignore[index]
     events = batches.testbed.core_v1().list_namespaced_event(batches.namespace).items
     assert any(e.type == "Warning" and e.reason == "TasksStuck" for e in events)
