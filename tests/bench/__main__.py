@@ -33,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     scale = SMOKE if args.smoke else Scale()
     if args.tasks:
         scale = replace(
-            scale, dispatch_tasks=args.tasks, makespan_tasks=args.tasks, mixed_tasks=args.tasks
+            scale,
+            dispatch_tasks=args.tasks,
+            makespan_tasks=args.tasks,
+            mixed_tasks=args.tasks,
+            warm_tasks=args.tasks,
+            warm_rate_tasks=args.tasks,
         )
     if args.skewed_seconds:
         scale = replace(scale, local_skewed_seconds=args.skewed_seconds)

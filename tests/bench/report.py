@@ -199,6 +199,8 @@ def render() -> str:
         parts.append(_local_section(r))
     if (r := _load("warm-local")) is not None:
         parts.append(_warm_local_section(r))
+    if (r := _load("warm")) is not None:
+        parts.append(_warm_cluster_section(r))
     chaos = sorted(RESULTS.glob("chaos-*.json"))
     if chaos:
         parts.append("\n### Chaos\n")
@@ -301,6 +303,55 @@ def _warm_local_section(r: dict[str, Any]) -> str:
             f"| {label} | {r[key]:.1f} | {r[key] / bound:.2f}x | {r[key + '_succeeded']} |"
         )
     return "\n".join(lines)
+
+
+def _warm_cluster_section(r: dict[str, Any]) -> str:
+    """Issue 15 targets 1-3: warm workers vs pod-per-task (and the Indexed Job) on the test bed."""
+    return "\n".join(
+        [
+            f"\n### 9. Warm workers on a cluster: {r['tasks']} log-normal tasks "
+            f"(mean {r['mean_task_s']:g} s) behind a {r['load_s']:g} s model load, "
+            f"{r['gpus']} GPUs; {r['rate_tasks']} tasks of {r['rate_task_s'] * 1000:g} ms\n",
+            f"Lower bound (one load per GPU + max(work / GPUs, longest task)): "
+            f"{r['lower_bound_s']:.1f} s.\n",
+            _table(
+                [
+                    ("warm workers, makespan / lower bound", r["warm_ratio"], "<= 1.10"),
+                    ("pod-per-task, makespan / lower bound", r["per_task_ratio"], ""),
+                    ("Indexed Job, makespan / lower bound", r["job_ratio"], ""),
+                    ("pod-per-task makespan / warm makespan", r["per_task_over_warm"], ">= 5"),
+                    ("warm workers, short tasks finished / s", r["warm_rate_tasks_per_s"], ""),
+                    ("pod-per-task, short tasks finished / s", r["per_task_rate_tasks_per_s"], ""),
+                    ("warm / pod-per-task, tasks / s", r["warm_over_per_task_rate"], ">= 10"),
+                    (
+                        "warm, operator CPU s per 1,000 tasks (long tasks)",
+                        r["warm_cpu_s_per_1k"],
+                        "<= 1",
+                    ),
+                    (
+                        "warm, operator CPU s per 1,000 tasks (short tasks)",
+                        r["warm_rate_cpu_s_per_1k"],
+                        "<= 1",
+                    ),
+                    (
+                        "warm, operator API requests per 1,000 tasks (long tasks)",
+                        r["warm_requests_per_1k"],
+                        "<= 300",
+                    ),
+                    (
+                        "warm, operator API requests per 1,000 tasks (short tasks)",
+                        r["warm_rate_requests_per_1k"],
+                        "<= 300",
+                    ),
+                    (
+                        "every task succeeded exactly once, nothing concurrent",
+                        r["warm_exact"] and r["warm_rate_exact"],
+                        "True",
+                    ),
+                ]
+            ),
+        ]
+    )
 
 
 if __name__ == "__main__":

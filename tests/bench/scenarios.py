@@ -47,6 +47,11 @@ class Scale:
     warm_local_tasks: int = 200
     warm_local_load_seconds: float = 2.0
     warm_local_sum_seconds: float = 332.0  # the local scenario's skewed list, plus a load
+    warm_tasks: int = 5_000
+    warm_mean_seconds: float = 0.5
+    warm_load_seconds: float = 10.0
+    warm_rate_tasks: int = 10_000
+    warm_rate_seconds: float = 0.05
     timeout: float = 3600
 
 
@@ -65,6 +70,10 @@ SMOKE = Scale(
     warm_local_tasks=12,
     warm_local_load_seconds=0.2,
     warm_local_sum_seconds=0.24,
+    warm_tasks=40,
+    warm_mean_seconds=0.2,
+    warm_load_seconds=1.0,
+    warm_rate_tasks=60,
     timeout=300,
 )
 
@@ -438,6 +447,7 @@ def _s3_scan(n: int) -> dict[str, Any]:
 
 
 from bench.local import local_runs  # noqa: E402
+from bench.warm import warm  # noqa: E402
 from bench.warm_local import warm_local  # noqa: E402
 
 SCENARIOS = {
@@ -448,4 +458,5 @@ SCENARIOS = {
     "scan": skip_scan,
     "local": local_runs,
     "warm-local": warm_local,
+    "warm": warm,
 }

@@ -25,6 +25,8 @@ def test_benchmark_scenario_runs_at_smoke_size(name: str, tmp_path: Path):
     for key, value in result.items():
         if key.endswith("succeeded"):
             assert value > 0, (key, result)
+        if key.endswith("_exact"):  # completeness: every task succeeded exactly once
+            assert value is True, (key, result)
 
 
 @pytest.mark.parametrize("name", list(RUNS))

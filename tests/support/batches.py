@@ -3,6 +3,7 @@ monitor that records invariant violations as they happen (integration tests and 
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,31 @@ def batch(
             **spec,
         },
     }
+
+
+def warm_batch(
+    name: str,
+    *,
+    template: dict[str, Any] | None = None,
+    load: str | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    """A GPUBatch of warm workers (worker.mode: Warm): one program per warm pod, fed tasks by
+    lease. On the test bed tests/testbed/warmsim.py plays that program; it reads the same
+    `sim.gpubatch.io/` annotations on the template as kwok does for task pods (duration or
+    lognormal per task, fail rules), plus `sim.gpubatch.io/load`, the program's start-up cost,
+    paid once per pod. `template` (a pod template, e.g. `support.pods.gpu_pod_template`) replaces
+    the default one; its command must hold no task placeholder (warm programs start once)."""
+    body = batch(
+        name, command=["python", "serve.py"], worker={"mode": "Warm", "wrap": True}, **spec
+    )
+    if template is not None:
+        body["spec"]["template"] = copy.deepcopy(template)
+    if load is not None:
+        body["spec"]["template"].setdefault("metadata", {}).setdefault("annotations", {})[
+            "sim.gpubatch.io/load"
+        ] = load
+    return body
 
 
 class Batches:
