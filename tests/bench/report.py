@@ -220,6 +220,7 @@ def render() -> str:
                     "apiserver_restart_seconds",
                     "etcd_kill_restart_seconds",
                     "node_deleted",
+                    "warm_pods_deleted",
                 )
             )
             lines.append(
