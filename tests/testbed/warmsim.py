@@ -182,7 +182,7 @@ class WarmPod:
                 f"warm pod {metadata['name']}: no container has a literal value for {missing}; "
                 "the simulated worker reads the lease endpoint from the worker container's env"
             )
-        return cls(
+        pod = cls(
             namespace=metadata["namespace"],
             name=metadata["name"],
             uid=metadata["uid"],
@@ -193,6 +193,14 @@ class WarmPod:
             batch_uid=env[ENV_BATCH_UID],
             annotations=dict(metadata.get("annotations") or {}),
         )
+        try:  # read every sim annotation now, so a bad one ends the pod with a clear message
+            pod.load_seconds(), pod.task_seconds(0), pod.task_exit_code(0, 0)
+        except ValueError as error:
+            raise WorkerError(
+                f"warm pod {pod.name}: a sim.gpubatch.io/ annotation is unreadable ({error}); "
+                "durations are Go durations (1500ms, 10s), lognormal is '<mean ms>,<sigma>,<seed>'"
+            ) from error
+        return pod
 
     def load_seconds(self) -> float:
         text = self.annotations.get(sim.LOAD)

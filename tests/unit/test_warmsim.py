@@ -11,63 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from gpubatch.api.lease import (
     ENV_BATCH_UID,
     ENV_LEASE_CA,
     ENV_LEASE_URL,
     LEASE_PATH,
-    LeasedTask,
-    LeaseRequest,
-    LeaseResponse,
 )
+from support.leasedouble import LeaseDouble, serve
 from testbed import certs, sim
 from testbed.processes import free_port
 from testbed.warmsim import FleetLog, TaskRun, WarmPod, Worker, WorkerError
 
 UID = "batch-uid-1"
-
-
-class LeaseDouble:
-    """Hands out tasks 0..n-1 two at a time, records results, says done when all are back.
-    `answers` scripts the status of the first requests (e.g. [503, 503]) before real ones."""
-
-    def __init__(self, tasks: int, answers: list[int] | None = None, token: str = "tok-1"):
-        self.queue = list(range(tasks))
-        self.answers = list(answers or [])
-        self.token = token
-        self.seq = 0
-        self.bodies: list[bytes] = []
-        self.results: dict[int, list[int]] = {}
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.bodies.append(body)
-        if self.answers:
-            return web.Response(status=self.answers.pop(0), text="scripted")
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return web.Response(status=401, text="token")
-        lease = LeaseRequest.model_validate_json(body)
-        for r in lease.results:
-            self.results.setdefault(r.index, []).append(r.result.exit_code)
-        if not self.queue:
-            return self._answer(LeaseResponse(seq=lease.seq, done=True))
-        self.seq += 1
-        take, self.queue = self.queue[:2], self.queue[2:]
-        tasks = tuple(
-            LeasedTask(index=i, attempt=0, environ={"GPUBATCH_INDEX": str(i)}) for i in take
-        )
-        return self._answer(LeaseResponse(seq=self.seq, tasks=tasks))
-
-    @staticmethod
-    def _answer(response: LeaseResponse) -> web.Response:
-        return web.Response(body=response.model_dump_json(), content_type="application/json")
 
 
 class PodSideDouble:
@@ -106,17 +66,6 @@ def a_pod(url: str, ca: str, **annotations: str) -> WarmPod:
         batch_uid=UID,
         annotations={sim.DURATION: "10ms", **annotations},
     )
-
-
-async def serve(double: LeaseDouble, tls: certs.CertPaths, port: int) -> web.AppRunner:
-    app = web.Application()
-    app.router.add_post(LEASE_PATH, double.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.serving_cert, tls.serving_key)
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
-    return runner
 
 
 def run_worker(
@@ -165,7 +114,7 @@ def test_worker_repeats_the_same_request_until_the_operator_answers(tls):
 
 @pytest.mark.process
 def test_worker_asks_for_a_fresh_token_when_the_operator_rejects_it(tls):
-    double = LeaseDouble(tasks=2, token="tok-2")
+    double = LeaseDouble(tasks=2, review=lambda token: "pod" if token == "tok-2" else None)
     side, _ = run_worker(double, tls)
     assert side.tokens == 2
     assert double.results == {0: [0], 1: [0]}
@@ -246,6 +195,13 @@ def test_warm_pod_reads_its_lease_endpoint_from_the_worker_containers_env():
 def test_warm_pod_without_its_lease_env_is_an_error_naming_what_is_missing():
     with pytest.raises(WorkerError, match="GPUBATCH_LEASE_CA"):
         WarmPod.from_pod(pod_object({ENV_LEASE_URL: "https://op", ENV_BATCH_UID: "b"}))
+
+
+@pytest.mark.unit
+def test_warm_pod_with_an_unreadable_sim_annotation_is_an_error_saying_what_to_write():
+    env = {ENV_LEASE_URL: "https://op", ENV_LEASE_CA: "PEM", ENV_BATCH_UID: "b"}
+    with pytest.raises(WorkerError, match="Go durations"):
+        WarmPod.from_pod(pod_object(env, {sim.DURATION: "10min"}))
 
 
 @pytest.mark.unit
