@@ -327,6 +327,8 @@ class Worker:
                 status, data = await post_json(
                     self.pod.url, body, token[0], context, LONG_POLL_SECONDS + 15
                 )
+            except ssl.SSLCertVerificationError as error:  # no retry can fix the CA or URL
+                raise WorkerError(f"lease endpoint {self.pod.url} not trusted: {error}") from error
             except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
                 status, data = 0, b""
             if status == 200:

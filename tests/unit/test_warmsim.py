@@ -131,6 +131,26 @@ def test_worker_refused_for_good_ends_its_pod_with_the_worker_error_code(tls):
 
 
 @pytest.mark.process
+def test_worker_that_cannot_trust_the_endpoint_ends_its_pod_instead_of_retrying(tls, tmp_path):
+    other = certs.generate(tmp_path / "other")  # a CA that did not sign the endpoint's cert
+    port = free_port()
+    side = PodSideDouble()
+    pod = a_pod(f"https://127.0.0.1:{port}{LEASE_PATH}", other.ca_cert.read_text())
+    worker = Worker(pod=pod, fleet=side)
+
+    async def main() -> None:
+        runner = await serve(LeaseDouble(tasks=1), tls, port)
+        try:
+            await asyncio.wait_for(worker.run(), timeout=30)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    code, message = side.ended[0]
+    assert code == 83 and "not trusted" in message, side.ended
+
+
+@pytest.mark.process
 def test_tasks_named_by_the_failure_annotations_fail_with_their_code(tls):
     double = LeaseDouble(tasks=4)
     run_worker(double, tls, **{sim.FAIL_INDEXES: "1,3", sim.FAIL_CODE: "7"})
