@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.harness import BenchEnv, bench_env
-from bench.scenarios import Scale, _gpubatch, _indexed_job, _run_batch, _run_job
 from bench.simulate import LOGNORMAL_SEED, LOGNORMAL_SIGMA, lower_bound_seconds
 from support.batches import warm_batch
 from support.pods import gpu_pod_template
 from testbed import GpuNodePool, sim
 from testbed.warmsim import WarmFleet
+
+if TYPE_CHECKING:
+    from bench.scenarios import Scale
 
 GPUS = 64
 
@@ -51,6 +53,8 @@ def _warm_run(
     env: BenchEnv, fleet: WarmFleet, prefix: str, template: dict[str, Any], n: int, timeout: float
 ) -> dict[str, Any]:
     """One warm batch of `n` tasks on all GPUs: seconds, cost and completeness."""
+    from bench.scenarios import _run_batch  # bench.scenarios imports this module
+
     body = warm_batch(prefix, template=template, tasks={"range": {"stop": n}}, parallelism=GPUS)
     requests_before = fleet.log.requests
     elapsed, _, obj, cost = _run_batch(env, prefix, body, timeout)
@@ -66,6 +70,11 @@ def _warm_run(
         and acked == dict.fromkeys(range(n), 1)
         and not concurrent,
         "concurrent_runs": len(concurrent),
+        "ended": [  # why the batch ended, for a run that is not exact
+            f"{c['type']}: {c.get('reason', '')}: {c.get('message', '')}"
+            for c in status.get("conditions") or []
+            if c["type"] in ("Complete", "Failed") and c["status"] == "True"
+        ],
         "cpu_s_per_1k": cost["cpu_seconds"] / n * 1000,
         "requests_per_1k": cost["requests"] / n * 1000,
         "lease_requests_per_1k": (fleet.log.requests - requests_before) / n * 1000,
@@ -73,6 +82,8 @@ def _warm_run(
 
 
 def warm(scale: Scale, workdir: Path) -> dict[str, Any]:
+    from bench.scenarios import _gpubatch, _indexed_job, _run_batch, _run_job
+
     n, load_s = scale.warm_tasks, scale.warm_load_seconds
     mean_ms = scale.warm_mean_seconds * 1000
     durations = [
