@@ -126,9 +126,11 @@ def test_deleted_warm_pod_leaves_its_progress_and_its_worker_stops(
     terminated = pod.status.container_statuses[0].state.terminated
     assert pod.status.phase == "Failed"
     assert terminated.exit_code in (143, 137)  # 137: the 3 s grace ran out on a busy machine
-    progress = WarmProgress.try_decode(terminated.message)
     if terminated.exit_code == 143:
-        assert progress is not None and progress.running == (0, 0), terminated.message
+        progress = WarmProgress.try_decode(terminated.message)
+        assert progress is not None, terminated.message
+        assert [entry[:3] for entry in progress.done] == [(0, 0, 143)]
     runs = [(run.index, run.exit_code) for run in fleet.log.runs if run.batch_uid == BATCH_UID]
-    assert runs == [(0, None)]  # stopped mid-task, nothing reported as finished
-    assert not double.results
+    assert runs == [(0, 143)]  # stopped mid-task: it failed Interrupted
+    assert double.results == {0: [143]}  # reported once, with the rest of the lease unrun
+    assert double.unrun == [(1, 0)]

@@ -35,6 +35,7 @@ class LeaseDouble:
         self.seq = 0
         self.bodies: list[bytes] = []
         self.results: dict[int, list[int]] = {}
+        self.unrun: list[tuple[int, int]] = []
         self.pods: set[str] = set()
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -50,6 +51,7 @@ class LeaseDouble:
         lease = LeaseRequest.model_validate_json(body)
         for r in lease.results:
             self.results.setdefault(r.index, []).append(r.result.exit_code)
+        self.unrun.extend(lease.unrun)
         if not self.queue:
             return self._answer(LeaseResponse(seq=lease.seq, done=True))
         self.seq += 1

@@ -4,28 +4,33 @@ kwok plays the kubelet but runs no container, so a warm pod (label gpubatch.io/w
 never ask for work. `WarmFleet` plays its program: for every warm pod that is Running on a node
 it gets the pod's bound token (TokenRequest: the pod's service account, bound to the pod,
 audience LEASE_AUDIENCE) and runs the lease loop of `gpubatch.api.lease` against the REAL
-operator, over HTTPS verified with the CA from the pod's env, exactly as the worker in the image
-would:
+operator, over HTTPS verified with the CA from the pod's env, as the worker in the image does
+(gpubatch.worker.lease_loop), with sleeps for the program:
 
-1. sleep the load once (`sim.gpubatch.io/load`, a Go duration like kwok's; default none);
-2. ask for a lease (POST LeaseRequest), carrying the previous lease's results; on any
-   transport error, 5xx, 429 or 401 (a fresh token first) repeat the SAME request after a short
-   backoff: an operator SIGKILLed mid-request loses nothing;
+1. ask for a lease (POST LeaseRequest, seq 0 first); on any transport error, 5xx, 408 or 429
+   repeat the SAME request after a short backoff: an operator SIGKILLed mid-request loses
+   nothing; an empty answer (the end of a long poll) is asked again at once, a lease already
+   run is never run twice;
+2. with the first lease the program starts: sleep the load once (`sim.gpubatch.io/load`, a Go
+   duration like kwok's; default none), reported as `loadSeconds` with that lease's results;
 3. run each leased task by sleeping its duration: the per-index log-normal of
    `sim.gpubatch.io/lognormal` (`sim.lognormal_ms`, as kwok gives task pods), else the fixed
    `sim.gpubatch.io/duration`, default 1 s; it fails (exit `sim.gpubatch.io/fail-code`, default
    1) when its index is in `sim.gpubatch.io/fail-indexes` or its attempt is below
-   `sim.gpubatch.io/fail-attempts`, like a task pod;
+   `sim.gpubatch.io/fail-attempts`, like a task pod; then ask again, carrying the results;
 4. on `done`, end the pod: `sim.gpubatch.io/warm-exit: "0"` (kwok Stage gpubatch-warm-exit).
 
 The worker keeps its `WarmProgress` in memory and writes it to the pod (annotation
 `sim.gpubatch.io/termination-message`) only when the pod ends, as a kubelet reads the
 termination message file only then: a patch per task would be an API write and an operator
-watch event per task that no real cluster has. A pod being deleted is its worker's SIGTERM: the
-worker stops, writes its progress and exit code 143 (kwok kills it after a 3 s grace
-otherwise). A pod on a deleted node, or one that ends otherwise, stops its worker with no word.
-A worker that meets an error it cannot retry (bad env, a 4xx) ends its pod with exit 83 and the
-error as message, so a benchmark fails visibly instead of hanging.
+watch event per task that no real cluster has. A pod being deleted is its worker's SIGTERM (as
+in gpubatch.worker.lease_loop): the running task fails Interrupted (143), the rest of the lease
+is unrun, the report is posted once (2 s), and the pod ends with 143 and its progress (kwok
+kills it after a 3 s grace otherwise). A pod on a deleted node, or one that ends otherwise,
+stops its worker with no word. An error no retry can fix (a 4xx such as 401/403, a certificate
+the pod's CA does not vouch for, a bad sim annotation) ends the pod with exit 83 and the error
+as message, so a benchmark fails visibly instead of hanging. Tokens are bound to the pod
+(TokenRequest), asked for 1 h and renewed at 80%, as the kubelet renews a projected token.
 
 It models pods, not the operator: everything it knows comes from pod objects and lease answers.
 One asyncio loop in a background thread serves all pods (sleeps are timers, not threads), and
@@ -77,6 +82,8 @@ from testbed.controlplane import Testbed
 
 #: Exit code a warm pod's worker reports when told to stop (SIGTERM, as the real worker does).
 SIGTERM_EXIT = 143
+#: Lifetime asked for the pods' bound tokens (renewed at 80%, as the kubelet does).
+TOKEN_SECONDS = 3600
 #: Backoff between repeats of an unanswered request (doubling from the first to the last).
 RETRY_SECONDS = (0.1, 2.0)
 
@@ -267,7 +274,7 @@ class PodSide(Protocol):
 
     def gpu_model(self, node: str) -> str: ...
 
-    async def token(self, pod: WarmPod) -> list[str]: ...
+    async def token(self, pod: WarmPod) -> str: ...
 
     async def end_pod(self, pod: WarmPod, code: int, message: str) -> None: ...
 
@@ -280,11 +287,25 @@ class Worker:
     fleet: PodSide
     progress: WarmProgress = field(default_factory=WarmProgress)
     task: asyncio.Task[None] | None = None
+    #: Set before the task is cancelled when the pod is being deleted (its SIGTERM): the worker
+    #: then reports once and ends its pod with 143; without it a cancel is a silent death.
+    sigterm: bool = False
     running: tuple[LeasedTask, float] | None = None  # the task in progress, since when
+    _request: LeaseRequest | None = None  # the report being asked with, or being built
+    _left: list[LeasedTask] = field(default_factory=list)  # leased tasks not started yet
+    _last_run_seq: int = 0
+    _token: tuple[str, float] = ("", 0.0)  # and when it was issued
 
     async def run(self) -> None:
         try:
             code, message = await self._run()
+        except asyncio.CancelledError:
+            if not self.sigterm:
+                raise  # the pod's node is gone or the pod ended: no word from its program
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # the SIGTERM is handled: later awaits run normally
+            code, message = await self._report_and_stop()
         except Exception as error:  # a bug or an error it cannot retry: end the pod, visibly
             text = str(error) if isinstance(error, WorkerError) else f"warmsim bug: {error!r}"
             self.fleet.log.errors.append(f"pod {self.pod.name}: {text}")
@@ -299,33 +320,73 @@ class Worker:
             self.running = None
 
     async def _run(self) -> tuple[int, str]:
+        """The lease loop of gpubatch.worker.lease_loop: ask, run the lease, report, ask."""
         context = ssl.create_default_context(cadata=self.pod.ca_pem)
-        token = await self.fleet.token(self.pod)
-        load = self.pod.load_seconds()
-        await asyncio.sleep(load)
-        request = LeaseRequest(batch_uid=self.pod.batch_uid, load_seconds=load)
+        uid, loaded = self.pod.batch_uid, False
+        self._request = LeaseRequest(batch_uid=uid)
         while True:
-            answer = await self._ask(request, context, token)
-            self.fleet.log.add_acknowledged(self.pod.batch_uid, request.results)
+            answer = await self._ask(self._request, context)
+            self.fleet.log.add_acknowledged(uid, self._request.results)
             self.progress = WarmProgress(seq=answer.seq)
             if answer.done:
                 return 0, self.progress.encode()
-            results = [await self._run_task(task) for task in answer.tasks]
-            request = LeaseRequest(
-                batch_uid=self.pod.batch_uid, seq=answer.seq, results=tuple(results)
-            )
+            if not answer.tasks:  # the end of a long poll: ask again at once
+                self._request = LeaseRequest(batch_uid=uid, seq=answer.seq)
+                continue
+            if answer.seq <= self._last_run_seq:  # a lease already run is never run twice
+                self.fleet.log.retries += 1
+                await asyncio.sleep(RETRY_SECONDS[1])
+                continue
+            self._last_run_seq = answer.seq
+            self._request = LeaseRequest(batch_uid=uid, seq=answer.seq)
+            self._left = list(answer.tasks)
+            load = None
+            if not loaded:  # the program starts with the first lease, as the real worker's
+                load, loaded = self.pod.load_seconds(), True
+                await asyncio.sleep(load)
+            while self._left:
+                result = await self._run_task(self._left[0])
+                self._left.pop(0)
+                self._report(result)
+            self._request = self._request.model_copy(update={"load_seconds": load})
 
-    async def _ask(
-        self, request: LeaseRequest, context: ssl.SSLContext, token: list[str]
-    ) -> LeaseResponse:
-        """The answer to `request`, repeating it until one comes (see the module doc)."""
+    async def _report_and_stop(self) -> tuple[int, str]:
+        """SIGTERM: the running task fails Interrupted, the rest are unrun; one short try to
+        hand the report over (as the real worker), then exit 143 with the progress."""
+        if self.running is not None:
+            task, began = self.running
+            self.running = None
+            self._record(task, began, SIGTERM_EXIT)
+            self._left = self._left[1:]
+            self._report(self._result(task, SIGTERM_EXIT, time.monotonic() - began))
+        assert self._request is not None
+        request = self._request.model_copy(
+            update={"unrun": tuple((t.index, t.attempt) for t in self._left)}
+        )
+        if request.results or request.unrun:
+            context = ssl.create_default_context(cadata=self.pod.ca_pem)
+            body = request.model_dump_json(by_alias=True).encode()
+            self.fleet.log.requests += 1
+            try:
+                status, _ = await post_json(self.pod.url, body, self._token[0], context, 2.0)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+                status = 0
+            if status == 200:
+                self.fleet.log.add_acknowledged(self.pod.batch_uid, request.results)
+        return SIGTERM_EXIT, self.progress.encode()
+
+    async def _ask(self, request: LeaseRequest, context: ssl.SSLContext) -> LeaseResponse:
+        """The answer to `request`, repeating it unchanged until one comes (see the module
+        doc); a 4xx other than 408/429, or a certificate the pod's CA does not vouch for, ends
+        the pod (exit 83), as for the real worker."""
         body = request.model_dump_json(by_alias=True).encode()
         delay = RETRY_SECONDS[0]
         while True:
+            token = await self._fresh_token()
             self.fleet.log.requests += 1
             try:
                 status, data = await post_json(
-                    self.pod.url, body, token[0], context, LONG_POLL_SECONDS + 15
+                    self.pod.url, body, token, context, LONG_POLL_SECONDS + 15
                 )
             except ssl.SSLCertVerificationError as error:  # no retry can fix the CA or URL
                 raise WorkerError(f"lease endpoint {self.pod.url} not trusted: {error}") from error
@@ -336,13 +397,18 @@ class Worker:
                     return LeaseResponse.model_validate_json(data)
                 except ValueError as error:
                     raise WorkerError(f"lease answer is not a LeaseResponse: {error}") from error
-            if status == 401:
-                token[:] = await self.fleet.token(self.pod)
-            elif 400 <= status < 500 and status != 429:
+            if 400 <= status < 500 and status not in (408, 429):
                 raise WorkerError(f"lease request refused: HTTP {status}: {data[:300]!r}")
             self.fleet.log.retries += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_SECONDS[1])
+
+    async def _fresh_token(self) -> str:
+        """The pod's token, renewed at 80% of its life as the kubelet renews a projected one."""
+        token, issued = self._token
+        if not token or time.monotonic() - issued > 0.8 * TOKEN_SECONDS:
+            self._token = (await self.fleet.token(self.pod), time.monotonic())
+        return self._token[0]
 
     async def _run_task(self, task: LeasedTask) -> AttemptResult:
         began = time.monotonic()
@@ -353,22 +419,40 @@ class Worker:
         code = self.pod.task_exit_code(task.index, task.attempt)
         self.running = None
         self._record(task, began, code)
-        self.progress = self.progress.model_copy(
-            update={
-                "running": None,
-                "done": (*self.progress.done, (task.index, task.attempt, code, seconds)),
-            }
+        return self._result(task, code, seconds)
+
+    def _report(self, result: AttemptResult) -> None:
+        """A finished attempt: into the progress record and the next request."""
+        assert self._request is not None
+        entry = (
+            result.index,
+            result.attempt,
+            result.result.exit_code,
+            result.result.duration_seconds,
         )
+        self.progress = self.progress.model_copy(
+            update={"running": None, "done": (*self.progress.done, entry)}
+        )
+        self._request = self._request.model_copy(
+            update={"results": (*self._request.results, result)}
+        )
+
+    def _result(self, task: LeasedTask, code: int, seconds: float) -> AttemptResult:
+        interrupted = code == SIGTERM_EXIT
         result = TaskResult(
             outcome=Outcome.FAILED if code else Outcome.SUCCEEDED,
             exit_code=code,
-            reason=Reason.NON_ZERO_EXIT if code else Reason.COMPLETED,
+            reason=Reason.INTERRUPTED
+            if interrupted
+            else (Reason.NON_ZERO_EXIT if code else Reason.COMPLETED),
             duration_seconds=seconds,
             gpus=(
                 GpuIdentity(model=self.fleet.gpu_model(self.pod.node), uuid=f"GPU-{self.pod.uid}"),
             ),
             node=self.pod.node,
-            message=f"simulated failure (exit {code})" if code else "",
+            message="interrupted: the pod is being deleted"
+            if interrupted
+            else (f"simulated failure (exit {code})" if code else ""),
         )
         return AttemptResult(index=task.index, attempt=task.attempt, result=result)
 
@@ -434,13 +518,13 @@ class WarmFleet:
     def gpu_model(self, node: str) -> str:
         return self._nodes.get(node) or "unknown"
 
-    async def token(self, pod: WarmPod) -> list[str]:
-        """A token bound to the pod, for the lease audience (a one-item list, so a refresh
-        replaces it in place)."""
+    async def token(self, pod: WarmPod) -> str:
+        """A token bound to the pod, for the lease audience (what the kubelet projects into a
+        real warm pod)."""
         body = client.AuthenticationV1TokenRequest(
             spec=client.V1TokenRequestSpec(
                 audiences=[LEASE_AUDIENCE],
-                expiration_seconds=3600,
+                expiration_seconds=TOKEN_SECONDS,
                 bound_object_ref=client.V1BoundObjectReference(
                     api_version="v1", kind="Pod", name=pod.name, uid=pod.uid
                 ),
@@ -455,7 +539,7 @@ class WarmFleet:
             )
         except ApiException as error:
             raise WorkerError(f"TokenRequest for pod {pod.name} failed: {error.reason}") from error
-        return [str(answer.status.token)]
+        return str(answer.status.token)
 
     async def end_pod(self, pod: WarmPod, code: int, message: str) -> None:
         """The program exits: its pod ends with `code` and `message` (kwok reads both)."""
@@ -490,12 +574,9 @@ class WarmFleet:
             if worker is not None:
                 self._stop(worker)
         elif metadata.get("deletionTimestamp"):
-            if worker is not None:
-                self._stop(worker)
-                if worker.pod.node not in self._dead_nodes:
-                    self._loop.create_task(
-                        self.end_pod(worker.pod, SIGTERM_EXIT, worker.progress.encode())
-                    )
+            if worker is not None and not worker.sigterm and worker.task is not None:
+                worker.sigterm = True  # the kubelet's SIGTERM: the worker reports and ends
+                worker.task.cancel()
         elif (
             status.get("phase") == "Running"
             and pod["spec"].get("nodeName")

@@ -21,6 +21,7 @@ from gpubatch.api.lease import (
     ENV_LEASE_CA,
     ENV_LEASE_URL,
     LEASE_PATH,
+    WarmProgress,
 )
 from support.leasedouble import LeaseDouble, serve
 from testbed import certs, sim
@@ -41,9 +42,9 @@ class PodSideDouble:
     def gpu_model(self, node: str) -> str:
         return "Tesla-T4"
 
-    async def token(self, pod: WarmPod) -> list[str]:
+    async def token(self, pod: WarmPod) -> str:
         self.tokens += 1
-        return [f"tok-{self.tokens}"]
+        return f"tok-{self.tokens}"
 
     async def end_pod(self, pod: WarmPod, code: int, message: str) -> None:
         self.ended.append((code, message))
@@ -98,8 +99,11 @@ def test_worker_runs_every_leased_task_once_and_ends_its_pod_with_zero_when_done
     assert double.results == {i: [0] for i in range(5)}
     assert side.log.acknowledged_successes(UID) == dict.fromkeys(range(5), 1)
     assert sorted(run.index for run in side.log.runs) == list(range(5))
-    first = json.loads(double.bodies[0])
-    assert (first["batchUid"], first["seq"], first["loadSeconds"]) == (UID, 0, 0.02)
+    first, second = (json.loads(body) for body in double.bodies[:2])
+    assert (first["batchUid"], first["seq"], first["loadSeconds"]) == (UID, 0, None)
+    # The program starts with the first lease; its report carries the load, once.
+    assert (second["seq"], second["loadSeconds"]) == (1, 0.02)
+    assert all(json.loads(body)["loadSeconds"] is None for body in double.bodies[2:])
 
 
 @pytest.mark.process
@@ -113,20 +117,13 @@ def test_worker_repeats_the_same_request_until_the_operator_answers(tls):
 
 
 @pytest.mark.process
-def test_worker_asks_for_a_fresh_token_when_the_operator_rejects_it(tls):
-    double = LeaseDouble(tasks=2, review=lambda token: "pod" if token == "tok-2" else None)
-    side, _ = run_worker(double, tls)
-    assert side.tokens == 2
-    assert double.results == {0: [0], 1: [0]}
-
-
-@pytest.mark.process
-def test_worker_refused_for_good_ends_its_pod_with_the_worker_error_code(tls):
-    double = LeaseDouble(tasks=2, answers=[403])
+@pytest.mark.parametrize("status", [401, 403])
+def test_worker_refused_for_good_ends_its_pod_with_the_worker_error_code(tls, status):
+    double = LeaseDouble(tasks=2, answers=[status])
     side, _ = run_worker(double, tls)
     code, message = side.ended[0]
     assert code == 83
-    assert "HTTP 403" in message
+    assert f"HTTP {status}" in message
     assert side.log.errors
 
 
@@ -183,6 +180,39 @@ def test_worker_stopped_mid_task_records_the_interrupted_run_and_its_progress(tl
     assert worker.progress.running == (0, 0)
     assert [(r.index, r.exit_code) for r in side.log.runs] == [(0, None)]
     assert not side.ended
+
+
+@pytest.mark.process
+def test_worker_told_to_stop_mid_lease_reports_once_and_ends_its_pod_with_143(tls):
+    port = free_port()
+    side = PodSideDouble()
+    pod = a_pod(f"https://127.0.0.1:{port}{LEASE_PATH}", tls.ca_cert.read_text())
+    pod = WarmPod(**{**pod.__dict__, "annotations": {sim.DURATION: "30s"}})  # runs long
+    worker = Worker(pod=pod, fleet=side)
+    double = LeaseDouble(tasks=2)
+
+    async def main() -> None:
+        runner = await serve(double, tls, port)
+        try:
+            worker.task = asyncio.create_task(worker.run())
+            for _ in range(500):
+                if worker.running is not None:
+                    break
+                await asyncio.sleep(0.01)
+            worker.sigterm = True
+            worker.task.cancel()
+            await asyncio.wait_for(worker.task, timeout=10)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    code, message = side.ended[0]
+    assert code == 143
+    assert double.results == {0: [143]}  # the running task failed Interrupted, reported once
+    assert double.unrun == [(1, 0)]  # the rest of the lease never started
+    progress = WarmProgress.model_validate_json(message)
+    assert [entry[:3] for entry in progress.done] == [(0, 0, 143)]
+    assert [(r.index, r.exit_code) for r in side.log.runs] == [(0, 143)]
 
 
 # ------------------------------------------------------------------------------- pure parts
