@@ -44,7 +44,7 @@ LEASE_AUDIENCE: Final = "gpubatch.io/lease"
 #: Environment of a warm pod's worker container.
 ENV_LEASE_URL: Final = "GPUBATCH_LEASE_URL"
 ENV_LEASE_CA: Final = "GPUBATCH_LEASE_CA"
-ENV_LEASE_TOKEN_FILE: Final = "GPUBATCH_LEASE_TOKEN_FILE"
+ENV_LEASE_TOKEN_FILE: Final = "GPUBATCH_LEASE_TOKEN_FILE"  # noqa: S105 (a variable name)
 ENV_BATCH_UID: Final = "GPUBATCH_BATCH_UID"
 
 #: Labels and annotation of warm pods (task pods carry task-index/attempt instead).

@@ -25,10 +25,12 @@ import kopf
 from gpubatch.api.names import FINALIZER_TRACKING, GROUP, LABEL_BATCH_UID, PLURAL, VERSION
 from gpubatch.controller.metrics import Metrics
 from gpubatch.controller.reconcile import BatchRuntime, Reconciler
+from gpubatch.controller.warm import WarmLeases, end_requests
 from gpubatch.core.planner import Event, Limits
-from gpubatch.core.podspec import BatchRef, task_selector
+from gpubatch.core.podspec import BatchRef, LeaseEndpoint, task_selector
 from gpubatch.core.podview import PodView, pod_view
 from gpubatch.core.stuck import NodeCapacity
+from gpubatch.core.warmpod import WarmPodView, warm_pod_view
 from gpubatch.edges.kube import ApiEndpoint, KubeClient
 
 log = logging.getLogger("gpubatch.handlers")
@@ -55,6 +57,10 @@ class Operator:
     metrics_port: int | None = None
     metrics: Metrics = field(default_factory=Metrics)
     runtimes: dict[str, BatchRuntime] = field(default_factory=dict)
+    #: Each running batch as its reconcile loop sees it (the lease handler finds pods there).
+    batches: dict[str, KopfBatch] = field(default_factory=dict)
+    #: Where warm pods ask for leases (None: no lease endpoint, warm batches are refused).
+    lease_endpoint: LeaseEndpoint | None = None
     connected: Connection | None = None
 
     def connect(self, endpoint: ApiEndpoint) -> None:
@@ -63,7 +69,18 @@ class Operator:
             return
         client = KubeClient(endpoint, concurrency=self.api_concurrency)
         self.metrics.watch_client(client)
-        self.connected = Connection(client, Reconciler(client, self.metrics, self.limits))
+        reconciler = Reconciler(client, self.metrics, self.limits, self.lease_endpoint)
+        self.connected = Connection(client, reconciler)
+
+    def leases(self) -> WarmLeases:
+        """The lease handler: requests go to their batch's loop, pods are checked against the
+        pod index."""
+
+        def warm_pods(uid: str) -> list[WarmPodView]:
+            batch = self.batches.get(uid)
+            return list(batch.warm_pods()) if batch is not None else []
+
+        return WarmLeases(self.runtimes.get, warm_pods)
 
     @property
     def connection(self) -> Connection:
@@ -174,7 +191,9 @@ async def cleanup(memo: Any, **_: Any) -> None:
 
 
 @kopf.index("v1", "pods", id="task_pods", labels={LABEL_BATCH_UID: kopf.PRESENT})
-async def task_pods(body: kopf.Body, memo: Any, **_: Any) -> dict[str, PodView] | None:
+async def task_pods(
+    body: kopf.Body, memo: Any, **_: Any
+) -> dict[str, PodView | WarmPodView] | None:
     """Keep a PodView per task pod, and wake its batch.
 
     Waking from the index handler (instead of a separate event handler) halves kopf's per-event
@@ -182,13 +201,15 @@ async def task_pods(body: kopf.Body, memo: Any, **_: Any) -> dict[str, PodView] 
     The reconcile reads the index after a short coalescing delay, by when kopf has stored the
     value returned here. Async, because kopf runs sync handlers in a thread pool.
     """
-    view = pod_view(dict(body))
+    pod = dict(body)
+    view: PodView | WarmPodView | None = pod_view(pod) or warm_pod_view(pod)
     if view is None:
         return None
-    runtime = _operator(memo).runtimes.get(view.batch_uid)
+    uid = view.batch_uid if isinstance(view, PodView) else view.pod.batch_uid
+    runtime = _operator(memo).runtimes.get(uid)
     if runtime is not None:
         runtime.wake()
-    return {view.batch_uid: view}
+    return {uid: view}
 
 
 @kopf.index("v1", "nodes", id="node_labels")
@@ -224,7 +245,7 @@ async def reconcile(
     **kwargs: Any,
 ) -> None:
     # kopf passes each index by its handler id.
-    task_pods: kopf.Index[str, PodView] = kwargs["task_pods"]
+    task_pods: kopf.Index[str, PodView | WarmPodView] = kwargs["task_pods"]
     node_labels: kopf.Index[str, NodeCapacity] = kwargs["node_labels"]
     operator = _operator(memo)
     reconciler = operator.connection.reconciler
@@ -232,10 +253,14 @@ async def reconcile(
         uid, BatchRuntime(ref=BatchRef(name, namespace or "default", uid))
     )
 
+    batch = KopfBatch(uid, body, task_pods, node_labels, stopped)
+    operator.batches[uid] = batch
     try:
-        await reconciler.run(runtime, KopfBatch(uid, body, task_pods, node_labels, stopped))
+        await reconciler.run(runtime, batch)
     finally:
         runtime.wakeup.cancel()
+        end_requests(runtime.warm)
+        operator.batches.pop(uid, None)
         if body.metadata.get("deletionTimestamp"):
             operator.runtimes.pop(uid, None)
             operator.metrics.forget(runtime.ref)
@@ -248,12 +273,15 @@ class KopfBatch:
 
     uid: str
     body: kopf.Body
-    task_pods: kopf.Index[str, PodView]
+    task_pods: kopf.Index[str, PodView | WarmPodView]
     node_index: kopf.Index[str, NodeCapacity]
     stop_flag: kopf.DaemonStopped
 
     def pods(self) -> Iterable[PodView]:
-        return list(self.task_pods.get(self.uid, []))
+        return [v for v in self.task_pods.get(self.uid, []) if isinstance(v, PodView)]
+
+    def warm_pods(self) -> Iterable[WarmPodView]:
+        return [v for v in self.task_pods.get(self.uid, []) if isinstance(v, WarmPodView)]
 
     def node_labels(self, node: str) -> Mapping[str, str]:
         for found in self.node_index.get(node, []):

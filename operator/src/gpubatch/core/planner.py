@@ -153,6 +153,9 @@ class Observation:
     fingerprint: str | None = None
     limits: Limits = field(default_factory=Limits)
     runs_warm: bool = False  # the executor supports worker.mode: Warm (gpubatch run does)
+    #: Warm mode on a cluster: how many attempts the warm pods asking for work can be leased
+    #: now (`core.warmfleet.lease_sizes`); it replaces the pod budget. None: pods per task.
+    warm_capacity: int | None = None
     #: The cluster's nodes (labels, allocatable), to tell "no node can ever hold this pod"
     #: from "wait for capacity"; None when not looked up (no pod is unschedulable).
     nodes: Sequence[NodeCapacity] | None = None
@@ -312,11 +315,12 @@ def plan_invalid_spec(status: GPUBatchStatus, generation: int, message: str, now
 
 
 # ------------------------------------------------------------------------------ the steps
-#: Warm mode is built for `gpubatch run` only; on a cluster it is refused rather than run as
-#: one pod per task, which would silently pay the load for every task.
+#: Warm mode on a cluster needs the lease endpoint; without it a Warm batch is refused rather
+#: than run as one pod per task, which would silently pay the load for every task.
 WARM_NOT_ON_CLUSTER: Final = (
-    "worker.mode: Warm is supported by `gpubatch run` only so far; on a cluster set "
-    "worker.mode: PerTask (one pod per task), or run the batch on a workstation with gpubatch run"
+    "worker.mode: Warm needs the operator's lease endpoint, and this operator runs without it "
+    "(install the chart with leases.enabled=true, or start the operator with --lease-port, "
+    "--lease-cert, --lease-key, --lease-ca and --lease-url); or set worker.mode: PerTask"
 )
 
 
@@ -696,6 +700,9 @@ def dispatch(step: _Pass) -> None:
 def _dispatch_budget(step: _Pass) -> int:
     """How many pods this pass may create: the per-pass cap, the pending cap, parallelism."""
     obs = step.obs
+    if obs.warm_capacity is not None:  # leases to asking warm pods, not pods
+        cap = step.dispatch_cap
+        return obs.warm_capacity if cap is None else min(obs.warm_capacity, cap)
     unscheduled = sum(1 for p in step.active if not p.scheduled) + len(step.in_flight)
     max_pending = obs.spec.max_pending or obs.limits.max_pending
     budget = min(obs.limits.max_creates_per_pass, max_pending - unscheduled)
