@@ -330,3 +330,46 @@ def test_results_are_not_acknowledged_while_the_status_cannot_be_written():
 def condition(status: GPUBatchStatus, type_: str) -> tuple[str, str] | None:
     found = next((c for c in status.conditions if c.type == type_), None)
     return None if found is None else (found.status, found.reason)
+
+
+# ------------------------------------------------------------------------------ stuck pods
+def test_warm_pods_stuck_on_a_bad_image_are_reported_given_up_and_counted():
+    loop = WarmLoop(tasks=10, parallelism=3, stuck={"giveUpSeconds": 60, "maxAttempts": 3})
+    loop.run_pass()
+    pods = loop.warm_pods()
+    for name in pods:
+        loop.kube.wait_on(name, "ErrImagePull", "pull access denied")
+    loop.run_pass()
+
+    stuck = next(c for c in loop.status().conditions if c.type == ConditionType.TASKS_STUCK)
+    assert (stuck.status, stuck.reason) == ("True", "ErrImagePull")
+    assert ("Warning", "TasksStuck") in [(e.type, e.reason) for e in loop.batch.events]
+    assert loop.warm_pods() == pods  # no more pods start while they are stuck
+
+    for name in pods:
+        loop.kube.wait_on(name, "ErrImagePull", "pull access denied", age=120)
+    loop.run_pass()
+    stopped = {c.name for c in loop.kube.called("annotate_pod")}
+    assert stopped == set(pods)
+    for name in pods:
+        loop.kube.finish(name, exit_code=137)
+    loop.run_pass()
+
+    status = loop.status()
+    assert status.stuck is not None and status.stuck.given_up == 3
+    failed_condition = next(c for c in status.conditions if c.type == ConditionType.FAILED)
+    assert (failed_condition.status, failed_condition.reason) == ("True", Reason.TASKS_STUCK)
+    assert not any(loop.kube.tracked(name) for name in pods)
+
+
+def test_a_pod_being_deleted_has_its_report_recorded_and_is_told_done():
+    loop = WarmLoop(tasks=10, parallelism=1)
+    (pod,) = loop.started()
+    lease = loop.ask(pod)
+    loop.kube.pods[pod]["metadata"]["deletionTimestamp"] = "2026-11-30T00:00:00Z"
+
+    answer = loop.ask(pod, **report(lease))
+
+    assert answer.done
+    succeeded = IndexSet.parse(loop.status().succeeded_indexes)
+    assert succeeded == IndexSet(t.index for t in lease.tasks)

@@ -645,9 +645,7 @@ def test_a_warm_batch_is_refused_by_an_operator_without_a_lease_endpoint():
 
 def test_a_warm_batch_leases_exactly_what_its_asking_pods_can_take():
     warm = {"name": "task", "image": "registry.example.com/task:1", "command": ["serve"]}
-    spec = a_spec(
-        worker={"mode": "Warm"}, template={"spec": {"containers": [warm]}}, parallelism=2
-    )
+    spec = a_spec(worker={"mode": "Warm"}, template={"spec": {"containers": [warm]}}, parallelism=2)
     result = plan(an_observation(spec, runs_warm=True, warm_capacity=5))
     assert created_tasks(result) == [0, 1, 2, 3, 4]  # not bounded by parallelism: leases
     assert plan(an_observation(spec, runs_warm=True, warm_capacity=0)).create == []

@@ -32,7 +32,7 @@ from gpubatch.controller.warm import (
     answer_requests,
     create_warm_pods,
     observe_warm,
-    synthetic,
+    take_warm_actions,
 )
 from gpubatch.core.errors import SpecError, TaskSpecError
 from gpubatch.core.indexset import IndexSet
@@ -262,7 +262,7 @@ class Reconciler:
         warm = runtime.warm_seen
         if warm is not None and isinstance(seen, Observation):
             fleet = plan_fleet(warm.fleet, decided, warm.sizes, warm.limits)
-            synthetic(decided, {pod.name for pod in warm.fleet.pods})
+            take_warm_actions(decided, warm.fleet, fleet)
         await self.apply(runtime, batch, decided, woken_at, fleet)
         return decided
 
@@ -296,6 +296,7 @@ class Reconciler:
                 self.limits.max_creates_per_pass,
             )
             views += runtime.warm_seen.views
+        warm_pods = [w.pod for w in runtime.warm_seen.fleet.pods] if runtime.warm_seen else []
         return Observation(
             spec=loaded.spec,
             generation=generation,
@@ -309,7 +310,11 @@ class Reconciler:
             outputs_exist=outputs_exist,
             node_models=_node_models(batch, views, loaded.spec.gpu_model_label),
             # Only an unschedulable pod needs them: could any node ever hold it?
-            nodes=list(batch.cluster_nodes()) if any(v.unschedulable for v in views) else None,
+            nodes=(
+                list(batch.cluster_nodes())
+                if any(v.unschedulable for v in [*views, *warm_pods])
+                else None
+            ),
             spec_error=loaded.error or current.refused,
             invalid_tasks=dict(runtime.invalid_tasks),
             fingerprint=loaded.prepared.tasks.fingerprint if loaded.prepared else None,
@@ -318,6 +323,7 @@ class Reconciler:
             warm_capacity=(
                 sum(runtime.warm_seen.sizes.values()) if runtime.warm_seen is not None else None
             ),
+            warm_pods=warm_pods,
         )
 
     async def _load(

@@ -303,10 +303,16 @@ def end_requests(state: WarmState) -> None:
             pending.answer.cancel()
 
 
-def synthetic(plan: Plan, warm_names: set[str]) -> Plan:
-    """The plan with the attempt views of warm pods taken out of its pod actions (their
-    release is the request's answer, their stop is their pod's)."""
-    plan.release = [p for p in plan.release if p.name not in warm_names]
-    plan.delete = [p for p in plan.delete if p.name not in warm_names]
-    plan.stop = [(p, r) for p, r in plan.stop if p.name not in warm_names]
-    return plan
+def take_warm_actions(plan: Plan, fleet: Fleet, decided: FleetPlan) -> None:
+    """Take the warm pods' views out of the planner's pod actions: an attempt view's release
+    is its request's answer and its deletion nothing; a stop (the batch ended, a warm pod given
+    up stuck) is a stop of its warm pod, once."""
+    pods = {pod.name: pod for pod in fleet.pods}
+    plan.release = [p for p in plan.release if p.name not in pods]
+    plan.delete = [p for p in plan.delete if p.name not in pods]
+    stopping = {pod.name for pod, _ in decided.stop}
+    for view, reason in plan.stop:
+        if view.name in pods and view.name not in stopping:
+            decided.stop.append((pods[view.name], reason))
+            stopping.add(view.name)
+    plan.stop = [(p, r) for p, r in plan.stop if p.name not in pods]

@@ -15,11 +15,14 @@ told `done` and exits, freeing its GPU, and a retry that appears later gets a fr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gpubatch.api.lease import MAX_LEASE_TASKS
+from gpubatch.api.status import ConditionType
+from gpubatch.core.conditions import condition_is
 from gpubatch.core.outcome import STOP_BATCH_ENDED
 from gpubatch.core.planner import Ledger, Plan, TaskAttempt
 from gpubatch.core.warmpod import WarmPodView
@@ -38,9 +41,14 @@ class Fleet:
         return [w for w in self.pods if w.live]
 
     def asking(self) -> list[WarmPodView]:
-        """Live pods with an open request about their current lease, by pod number."""
+        """Pods with an open request about their current lease, by pod number (a pod being
+        deleted may still report: it is told `done`)."""
         return sorted(
-            (w for w in self.live() if self.waiting.get(w.name) == w.lease_seq),
+            (
+                w
+                for w in self.pods
+                if not w.pod.terminal and self.waiting.get(w.name) == w.lease_seq
+            ),
             key=lambda w: w.number,
         )
 
@@ -74,6 +82,8 @@ def lease_sizes(fleet: Fleet, unheld: int) -> dict[str, int]:
     for pod in fleet.asking():
         if left <= 0:
             break
+        if not pod.live:
+            continue
         size = min(MAX_LEASE_TASKS, max(1, math.ceil(left / (2 * live))))
         sizes[pod.name] = size
         left -= size
@@ -108,14 +118,18 @@ class FleetLimits:
     max_creates: int  # most pods created in one pass
     suspended: bool
     keep_failed: bool  # spec.podCleanup.failed == Keep
+    stuck: bool = False  # pods are stuck on a configuration error (TasksStuck=True)
 
 
 def plan_fleet(
     fleet: Fleet, plan: Plan, sizes: Mapping[str, int], limits: FleetLimits
 ) -> FleetPlan:
-    """Leases for asking pods, answers, new pods, and the ends of finished pods."""
+    """Leases for asking pods, answers, new pods, and the ends of finished pods. While warm
+    pods are stuck on a configuration error (TasksStuck), one pod at a time probes."""
     out = FleetPlan()
     ledger = Ledger.of(plan.status)
+    if condition_is(plan.status, ConditionType.TASKS_STUCK):
+        limits = dataclasses.replace(limits, stuck=True)
     _answer_stale_requests(fleet, out)
     _hand_out_leases(fleet, plan, sizes, out)
     still_held = held(fleet, ledger) | {
@@ -126,7 +140,7 @@ def plan_fleet(
     for pod in fleet.asking():
         if pod.name in out.leases:
             continue
-        if stopping or unheld == 0:
+        if stopping or unheld == 0 or not pod.live:
             out.done.append(pod.name)
         else:
             out.acknowledged.append(pod.name)
@@ -183,6 +197,8 @@ def _create_pods(
     unscheduled = sum(1 for pod in live if not pod.pod.scheduled) + len(fleet.in_flight)
     alive = len(live) + len(fleet.in_flight)
     ceiling = limits.parallelism if limits.parallelism is not None else limits.total
+    if limits.stuck:  # a configuration error: new pods would be stuck the same way
+        ceiling = min(ceiling, len(live) + len(fleet.in_flight) + 1 - unscheduled)
     count = min(
         ceiling - alive,
         limits.max_pending - unscheduled,
