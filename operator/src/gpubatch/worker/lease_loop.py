@@ -121,7 +121,6 @@ class LeaseLoop:
         try:
             while self.stop.requested is None:
                 response = self._ask(request)
-                self._write_progress(WarmProgress(seq=response.seq))
                 if response.done:
                     logger.info("the operator has no more work for this pod")
                     return int(LeaseExit.DONE)
@@ -244,10 +243,9 @@ class LeaseLoop:
     def _report_and_stop(self, request: LeaseRequest) -> int:
         """After a stop: one short try to hand over the results, then the signal's exit code."""
         signum = self.stop.requested or signal.SIGTERM
-        logger.info("stopping; reporting lease %d to the operator once", request.seq)
-        answer = self._client.post_once(request, FINAL_REPORT_SECONDS)
-        if answer is not None:
-            self._write_progress(WarmProgress(seq=answer.seq))
+        if request.results or request.unrun:
+            logger.info("stopping; reporting lease %d to the operator once", request.seq)
+            self._client.post_once(request, FINAL_REPORT_SECONDS)
         return signal_exit_code(signum)
 
     def _write_progress(self, progress: WarmProgress) -> None:
