@@ -177,7 +177,7 @@ class Endpoint:
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 outcome = endpoint.operator.handle(body, self.headers.get("Authorization", ""))
                 if outcome == "down":
@@ -250,7 +250,7 @@ class Pod:
             TERMINATION_LOG=str(self.termination_log),
         )
 
-    def start(self, **environ: object) -> subprocess.Popen[str]:
+    def start(self, ca: certs.CertPaths | None = None) -> subprocess.Popen[str]:
         argv = [
             sys.executable,
             "-m",
@@ -266,12 +266,11 @@ class Pod:
             "-c",
             PROGRAM,
         ]
-        env = self.environ(**environ)  # type: ignore[arg-type]
-        return subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(argv, env=self.environ(ca=ca), stderr=subprocess.PIPE, text=True)
 
-    def run(self, **environ: object) -> tuple[int, str]:
+    def run(self, ca: certs.CertPaths | None = None) -> tuple[int, str]:
         """Run the pod to its end: (exit code, its log)."""
-        process = self.start(**environ)
+        process = self.start(ca)
         _, log = process.communicate(timeout=120)
         return process.returncode, log
 
@@ -475,7 +474,7 @@ def test_a_refused_token_ends_the_pod_with_the_operators_message(pod: Pod) -> No
 
     code, log = pod.run()
 
-    assert code == LeaseExit.MISCONFIGURED == ExitCode.WORKER_ERROR
+    assert code == LeaseExit.MISCONFIGURED == int(ExitCode.WORKER_ERROR)
     assert "HTTP 401" in log and "token audience is not gpubatch.io/lease" in log
     assert len(pod.operator.requests) == 1  # not retried
     assert pod.load_count() == 0
