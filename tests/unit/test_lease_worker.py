@@ -43,7 +43,12 @@ from gpubatch.api.lease import (
 )
 from gpubatch.api.result import ExitCode, Outcome, Reason
 from gpubatch.api.taskenv import TaskEnvironment
-from gpubatch.worker.lease_client import LeaseClient, LeaseSettings, OperatorUnreachable
+from gpubatch.worker.lease_client import (
+    LeaseClient,
+    LeaseRefused,
+    LeaseSettings,
+    OperatorUnreachable,
+)
 from gpubatch.worker.lease_loop import LeaseExit, LeaseLoop
 from gpubatch.worker.run import StopRequest
 from gpubatch.worker.warm import WarmWorker
@@ -542,3 +547,22 @@ def test_sigterm_mid_task_interrupts_it_reports_once_and_exits(pod: Pod) -> None
     progress = WarmProgress.try_decode(pod.termination_log.read_text())
     assert progress is not None
     assert ([d[:3] for d in progress.done], progress.running) == ([(0, 0, 0), (1, 0, 143)], None)
+
+
+def test_the_token_is_read_again_for_every_request(pod: Pod) -> None:
+    client = LeaseClient(LeaseSettings.from_env(pod.environ()))
+    client.exchange(LeaseRequest(batchUid=BATCH_UID))
+    pod.token.write_text("rotated-token")
+
+    client.exchange(LeaseRequest(batchUid=BATCH_UID))
+
+    assert pod.operator.auth_headers == [f"Bearer {TOKEN}", "Bearer rotated-token"]
+
+
+def test_a_missing_token_file_is_refused_with_what_the_pod_needs(pod: Pod) -> None:
+    pod.token.unlink()
+    client = LeaseClient(LeaseSettings.from_env(pod.environ()))
+
+    with pytest.raises(LeaseRefused, match="projected service-account token"):
+        client.exchange(LeaseRequest(batchUid=BATCH_UID))
+    assert pod.operator.requests == []
