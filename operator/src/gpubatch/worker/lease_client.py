@@ -106,7 +106,7 @@ class Backoff:
     first: float = 0.2
     cap: float = 10.0
     rng: random.Random = field(default_factory=random.Random)
-    _failures: int = 0
+    _failures: int = field(default=0, init=False)
 
     def next_delay(self) -> float:
         ceiling = min(self.cap, self.first * 2.0 ** min(self._failures, 32))
@@ -136,12 +136,17 @@ class LeaseClient:
         self._sleep = sleep
         self._last_answer = time.monotonic()
         try:
-            self._tls = ssl.create_default_context(cadata=settings.ca_pem)
+            tls = ssl.create_default_context(cadata=settings.ca_pem)
         except (ssl.SSLError, ValueError) as err:
             raise LeaseRefused(
                 f"{ENV_LEASE_CA} is not a PEM certificate the pod can trust ({err}); it must hold "
                 "the operator's CA certificate, -----BEGIN CERTIFICATE----- included"
             ) from None
+        # No proxy from the environment: the operator is in the cluster, and a proxy that
+        # a user's image or pod sets for downloads must not see the pod's token.
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls)
+        )
 
     def exchange(self, request: LeaseRequest) -> LeaseResponse:
         """Post `request` until an answer comes; the same bytes every time.
@@ -193,9 +198,7 @@ class LeaseClient:
             },
         )
         try:
-            with urllib.request.urlopen(  # noqa: S310
-                http_request, timeout=timeout, context=self._tls
-            ) as answer:
+            with self._opener.open(http_request, timeout=timeout) as answer:
                 text = answer.read()
         except urllib.error.HTTPError as err:
             raise self._status_error(err) from None
