@@ -524,7 +524,7 @@ def test_an_operator_that_never_answers_is_given_up_with_its_own_exit_code(pod: 
     assert loop.run() == LeaseExit.OPERATOR_UNREACHABLE
     assert started == []
     with pytest.raises(OperatorUnreachable, match="no answer from the operator"):
-        client.exchange(LeaseRequest(batchUid=BATCH_UID))
+        client.exchange(LeaseRequest(batch_uid=BATCH_UID))
 
 
 # ------------------------------------------------------------------------------ stopping
@@ -551,10 +551,10 @@ def test_sigterm_mid_task_interrupts_it_reports_once_and_exits(pod: Pod) -> None
 
 def test_the_token_is_read_again_for_every_request(pod: Pod) -> None:
     client = LeaseClient(LeaseSettings.from_env(pod.environ()))
-    client.exchange(LeaseRequest(batchUid=BATCH_UID))
+    client.exchange(LeaseRequest(batch_uid=BATCH_UID))
     pod.token.write_text("rotated-token")
 
-    client.exchange(LeaseRequest(batchUid=BATCH_UID))
+    client.exchange(LeaseRequest(batch_uid=BATCH_UID))
 
     assert pod.operator.auth_headers == [f"Bearer {TOKEN}", "Bearer rotated-token"]
 
@@ -564,5 +564,5 @@ def test_a_missing_token_file_is_refused_with_what_the_pod_needs(pod: Pod) -> No
     client = LeaseClient(LeaseSettings.from_env(pod.environ()))
 
     with pytest.raises(LeaseRefused, match="projected service-account token"):
-        client.exchange(LeaseRequest(batchUid=BATCH_UID))
+        client.exchange(LeaseRequest(batch_uid=BATCH_UID))
     assert pod.operator.requests == []

@@ -117,7 +117,7 @@ class LeaseLoop:
 
     def run(self) -> int:
         """The pod's exit code."""
-        request = LeaseRequest(batchUid=self._client.settings.batch_uid)
+        request = LeaseRequest(batch_uid=self._client.settings.batch_uid)
         try:
             while self.stop.requested is None:
                 response = self._ask(request)
@@ -151,7 +151,7 @@ class LeaseLoop:
         """Run the answer's lease (if it is one to run) and build the request reporting it."""
         uid = self._client.settings.batch_uid
         if not response.tasks:
-            return LeaseRequest(batchUid=uid, seq=response.seq)
+            return LeaseRequest(batch_uid=uid, seq=response.seq)
         if response.seq <= self._last_run_seq:
             # A lease already run (or one without a number) is never run twice: repeat the
             # report, after a pause that counts towards giving up on a confused operator.
@@ -166,11 +166,11 @@ class LeaseLoop:
         self._last_run_seq = response.seq
         results, unrun = self.run_lease(response.seq, response.tasks)
         return LeaseRequest(
-            batchUid=uid,
+            batch_uid=uid,
             seq=response.seq,
             results=results,
             unrun=unrun,
-            loadSeconds=self._new_load_seconds(),
+            load_seconds=self._new_load_seconds(),
         )
 
     def run_lease(
