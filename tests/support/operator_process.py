@@ -11,7 +11,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpubatch.api.lease import LEASE_PATH
 from testbed import Testbed, env_with_kubeconfig
+from testbed.certs import serving_certificate
 from testbed.processes import _die_with_parent, free_port
 
 
@@ -27,6 +29,39 @@ class OperatorProcess:
     process: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
     starts: int = 0
+    #: Serve the lease endpoint of warm workers (False where extra_args bring their own flags).
+    leases: bool = True
+    lease_port: int = 0  # chosen at the first start and kept, so warm pods' URL stays valid
+
+    @property
+    def lease_url(self) -> str:
+        """What warm pods are told (GPUBATCH_LEASE_URL): the lease endpoint on loopback."""
+        return f"https://127.0.0.1:{self.lease_port}{LEASE_PATH}"
+
+    @property
+    def lease_ca(self) -> Path:
+        """The PEM file that verifies the lease endpoint: the test bed's CA."""
+        return self.testbed.certs.ca_cert
+
+    def lease_args(self) -> list[str]:
+        """The operator's --lease-* flags: a serving certificate signed by the test bed's CA
+        for 127.0.0.1 and localhost, on a port chosen once."""
+        if not self.leases:
+            return []
+        folder = self.log_path.parent / "lease-pki"
+        cert, key = folder / "operator-lease.crt", folder / "operator-lease.key"
+        if not cert.exists():
+            cert, key = serving_certificate(self.testbed.certs, folder, "operator-lease")
+        if not self.lease_port:
+            self.lease_port = free_port()
+        return [
+            f"--lease-port={self.lease_port}",
+            "--lease-host=127.0.0.1",
+            f"--lease-cert={cert}",
+            f"--lease-key={key}",
+            f"--lease-ca={self.lease_ca}",
+            f"--lease-url={self.lease_url}",
+        ]
 
     def start(self) -> None:
         self.metrics_port = free_port()
@@ -37,6 +72,7 @@ class OperatorProcess:
             "gpubatch.controller.main",
             f"--metrics-port={self.metrics_port}",
             f"--liveness=http://127.0.0.1:{liveness}/healthz",
+            *self.lease_args(),
             *self.extra_args,
         ]
         log = self.log_path.open("ab")
