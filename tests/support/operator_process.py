@@ -11,9 +11,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpubatch.api.lease import LEASE_PATH
 from testbed import Testbed, env_with_kubeconfig
-from testbed.certs import serving_certificate
+from testbed.leases import lease_flags, lease_url
 from testbed.processes import _die_with_parent, free_port
 
 
@@ -35,33 +34,20 @@ class OperatorProcess:
 
     @property
     def lease_url(self) -> str:
-        """What warm pods are told (GPUBATCH_LEASE_URL): the lease endpoint on loopback."""
-        return f"https://127.0.0.1:{self.lease_port}{LEASE_PATH}"
+        """What warm pods are told (GPUBATCH_LEASE_URL)."""
+        return lease_url(self.lease_port)
 
     @property
     def lease_ca(self) -> Path:
-        """The PEM file that verifies the lease endpoint: the test bed's CA."""
+        """The PEM file that verifies the lease endpoint (GPUBATCH_LEASE_CA): the test bed's CA."""
         return self.testbed.certs.ca_cert
 
     def lease_args(self) -> list[str]:
-        """The operator's --lease-* flags: a serving certificate signed by the test bed's CA
-        for 127.0.0.1 and localhost, on a port chosen once."""
         if not self.leases:
             return []
-        folder = self.log_path.parent / "lease-pki"
-        cert, key = folder / "operator-lease.crt", folder / "operator-lease.key"
-        if not cert.exists():
-            cert, key = serving_certificate(self.testbed.certs, folder, "operator-lease")
         if not self.lease_port:
             self.lease_port = free_port()
-        return [
-            f"--lease-port={self.lease_port}",
-            "--lease-host=127.0.0.1",
-            f"--lease-cert={cert}",
-            f"--lease-key={key}",
-            f"--lease-ca={self.lease_ca}",
-            f"--lease-url={self.lease_url}",
-        ]
+        return lease_flags(self.testbed.certs, self.log_path.parent / "lease-pki", self.lease_port)
 
     def start(self) -> None:
         self.metrics_port = free_port()
