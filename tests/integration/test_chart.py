@@ -418,12 +418,9 @@ class TestbedCluster(Cluster):
         args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         # The local process gets free ports instead of the pod's 8080/8081/8443, and the lease
         # certificate from the chart's Secret instead of the pod's mount; the rest is as is.
-        local = ("--metrics-port", "--liveness", "--lease-port", "--lease-host")
-        self.operator_args = [a for a in args if not a.startswith(local)]
-        self.operator_args = [self._local_lease_file(a) for a in self.operator_args]
-        if any(a.startswith("--lease-url") for a in args):
-            self.lease_port = free_port()
-            self.operator_args += [f"--lease-port={self.lease_port}", "--lease-host=127.0.0.1"]
+        local = ("--metrics-port", "--liveness")
+        kept = [a for a in args if not a.startswith(local)]
+        self.operator_args = [local_arg for a in kept for local_arg in self._local_lease_args(a)]
         self.operator = OperatorProcess(
             testbed=self.bed,
             log_path=self.workdir / "operator.log",
@@ -433,22 +430,25 @@ class TestbedCluster(Cluster):
         )
         self.operator.start()
 
-    def _local_lease_file(self, arg: str) -> str:
-        """--lease-cert/key/ca: the chart Secret's key, written where the process can read it."""
+    def _local_lease_args(self, arg: str) -> list[str]:
+        """The lease flags for a local process: a free port on loopback, and each of
+        --lease-cert/key/ca the chart Secret's key, written where the process can read it."""
         flag, _, path = arg.partition("=")
+        if flag == "--lease-port":
+            self.lease_port = free_port()
+            return [f"--lease-port={self.lease_port}", "--lease-host=127.0.0.1"]
         if flag not in ("--lease-cert", "--lease-key", "--lease-ca"):
-            return arg
+            return [arg]
         deployment = self.get_json("deployment", self.release, "-n", self.release_namespace)
         [volume] = [
             v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "lease-tls"
         ]
-        secret = self.get_json(
-            "secret", volume["secret"]["secretName"], "-n", self.release_namespace
-        )
+        secret_name = volume["secret"]["secretName"]
+        secret = self.get_json("secret", secret_name, "-n", self.release_namespace)
         local = self.workdir / "lease-tls" / Path(path).name
         local.parent.mkdir(exist_ok=True)
         local.write_bytes(base64.b64decode(secret["data"][Path(path).name]))
-        return f"{flag}={local}"
+        return [f"{flag}={local}"]
 
     def lease_post(self, token: str) -> tuple[int, str]:
         """POST a lease request to the local operator as a pod would: by the Service's DNS name
@@ -925,9 +925,13 @@ def test_watch_namespaces_mode_runs_batches_only_there_with_namespaced_access(
     cluster.stop_operator()
     values = cluster.workdir / "namespaced-values.yaml"
     values.write_text(yaml.safe_dump({**PARKED, "watchNamespaces": [watched]}))
+    lease_tls = f"{RELEASE}-lease-tls"
+    certificate = cluster.get_json("secret", lease_tls, "-n", RELEASE_NS)["data"]
     cluster.helm(
         "upgrade", RELEASE, str(CHART), "-n", RELEASE_NS, "--reset-values", "--values", str(values)
     )
+    # The chart's lease certificate survives the upgrade (running warm pods keep trusting it).
+    assert cluster.get_json("secret", lease_tls, "-n", RELEASE_NS)["data"] == certificate
     try:
         assert cluster.kubectl("get", "clusterrolebinding", ROLE, check=False).returncode != 0
         binding = cluster.get_json("rolebinding", RELEASE, "-n", watched)

@@ -3,14 +3,17 @@ trusted, and the operator flags that turn the endpoint on."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 
-from gpubatch.api.lease import LEASE_AUDIENCE
+from gpubatch.api.lease import LEASE_AUDIENCE, LeaseRequest, LeaseResponse
+from gpubatch.controller.handlers import Operator
 from gpubatch.controller.leaseserver import (
     EXTRA_POD_NAME,
     EXTRA_POD_UID,
@@ -211,3 +214,22 @@ def test_the_operator_refuses_to_start_with_half_the_lease_flags(
         parse_args(["--lease-port=8443"])
     assert exited.value.code == 2
     assert "the lease endpoint needs --lease-cert" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the operator
+class Answering:
+    async def handle_lease(self, pod: PodIdentity, request: LeaseRequest) -> LeaseResponse:
+        return LeaseResponse(seq=request.seq + 1)
+
+
+def test_the_operator_asks_to_retry_until_it_has_a_lease_handler_and_a_client():
+    """The lease server starts before kopf's login made the API client, and before the lease
+    logic exists: until then each request fails, which the server answers with 503."""
+    operator = Operator()
+    request = LeaseRequest(batch_uid="b-1", seq=2)
+    with pytest.raises(kopf.TemporaryError, match="no lease handler yet"):
+        asyncio.run(operator.handle_lease(POD, request))
+    with pytest.raises(kopf.TemporaryError, match="no API credentials yet"):
+        asyncio.run(operator.review_token("token", [LEASE_AUDIENCE]))
+    operator.lease_handler = Answering()
+    assert asyncio.run(operator.handle_lease(POD, request)).seq == 3
