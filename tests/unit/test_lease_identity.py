@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import kopf
@@ -25,6 +24,7 @@ from gpubatch.controller.leaseserver import (
     token_expiry,
 )
 from gpubatch.controller.main import parse_args
+from testbed import certs
 
 pytestmark = pytest.mark.unit
 
@@ -149,13 +149,14 @@ def test_token_expiry_reads_exp_and_tolerates_opaque_tokens():
 
 
 # ----------------------------------------------------------------------------- the flags
-@pytest.fixture
-def pem_files(tmp_path: Path) -> dict[str, str]:
-    files = {}
-    for name in ("tls.crt", "tls.key", "ca.crt"):
-        (tmp_path / name).write_text("-----BEGIN CERTIFICATE-----\n")
-        files[name] = str(tmp_path / name)
-    return files
+@pytest.fixture(scope="module")
+def pem_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    pki = certs.generate(tmp_path_factory.mktemp("pki"))
+    return {
+        "tls.crt": str(pki.serving_cert),
+        "tls.key": str(pki.serving_key),
+        "ca.crt": str(pki.ca_cert),
+    }
 
 
 def test_no_lease_flags_means_no_lease_endpoint():
@@ -174,7 +175,7 @@ def test_all_lease_flags_give_the_settings(pem_files: dict[str, str]):
     )
     assert args.lease.port == 8443
     assert args.lease.host == "0.0.0.0"
-    assert args.lease.ca_pem() == "-----BEGIN CERTIFICATE-----\n"
+    assert args.lease.ca_pem().startswith("-----BEGIN CERTIFICATE-----")
 
 
 def test_half_given_lease_flags_name_what_is_missing(pem_files: dict[str, str]):
@@ -190,6 +191,7 @@ def test_half_given_lease_flags_name_what_is_missing(pem_files: dict[str, str]):
         ({"url": "http://op:8443/v1/lease"}, "must be an https:// URL"),
         ({"port": 70000}, "is not a TCP port"),
         ({"key": "/no/such/key.pem"}, "--lease-key=/no/such/key.pem: no readable file there"),
+        ({"key": "CA"}, "not a PEM certificate and its private key"),
     ],
 )
 def test_bad_lease_flags_say_what_to_change(
@@ -203,6 +205,8 @@ def test_bad_lease_flags_say_what_to_change(
         "ca": pem_files["ca.crt"],
         "url": "https://op:8443/v1/lease",
     }
+    if change.get("key") == "CA":  # a readable file that is not the certificate's key
+        change = {"key": pem_files["ca.crt"]}
     with pytest.raises(ValueError, match=complaint):
         lease_settings(**(flags | change))
 

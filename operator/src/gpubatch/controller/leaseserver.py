@@ -47,6 +47,8 @@ MAX_BODY_BYTES: Final = 1024 * 1024
 REVIEW_CACHE_SECONDS: Final = 60.0
 #: Cached reviews kept at most (a pod keeps one token at a time; kubelets rotate them hourly).
 REVIEW_CACHE_ENTRIES: Final = 20_000
+#: How long stopping waits for requests in flight (long polls would hold it 30 s).
+STOP_GRACE_SECONDS: Final = 2.0
 
 EXTRA_POD_NAME: Final = "authentication.kubernetes.io/pod-name"
 EXTRA_POD_UID: Final = "authentication.kubernetes.io/pod-uid"
@@ -215,6 +217,13 @@ def lease_settings(
     for flag, path in (("--lease-cert", cert), ("--lease-key", key), ("--lease-ca", ca)):
         if not os.access(path, os.R_OK):
             raise ValueError(f"{flag}={path}: no readable file there")
+    try:
+        server_ssl_context(cert, key)
+    except (ssl.SSLError, OSError) as error:
+        raise ValueError(
+            f"--lease-cert={cert} with --lease-key={key}: not a PEM certificate and its "
+            f"private key ({error})"
+        ) from None
     return LeaseSettings(port=port, cert_file=cert, key_file=key, ca_file=ca, url=url, host=host)
 
 
@@ -255,8 +264,9 @@ class LeaseServer:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post(LEASE_PATH, self._serve)
         # No access log (a line per long poll is noise); aiohttp sets no handler timeout, so a
-        # long poll is never cut short by the server.
-        self._runner = web.AppRunner(app, access_log=None)
+        # long poll is never cut short by the server. On stop, held long polls get a moment and
+        # are then dropped: a worker repeats an unanswered request, and recording is idempotent.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=STOP_GRACE_SECONDS)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl)
         await site.start()
