@@ -707,7 +707,8 @@ def _strip(role: dict[str, Any], removed: set[Permission]) -> dict[str, Any]:
 @contextlib.contextmanager
 def without(cluster: TestbedCluster, removed: set[Permission]) -> Iterator[None]:
     """The chart's ClusterRoles minus `removed`, until the block ends."""
-    originals = [cluster.get_json("clusterrole", name) for name in (ROLE, NODES_ROLE)]
+    roles = (ROLE, NODES_ROLE, LEASES_ROLE)
+    originals = [cluster.get_json("clusterrole", name) for name in roles]
     try:
         for role in originals:
             cluster.kubectl("replace", "-f", "-", input=json.dumps(_strip(role, removed)))
@@ -814,6 +815,19 @@ def _completes_without_events(cluster: TestbedCluster, ns: str) -> None:
     assert events["items"] == []
 
 
+def _lease_requests_cannot_be_checked(cluster: TestbedCluster, ns: str) -> None:
+    assert cluster.bed is not None
+    cluster.bed.wait_for_default_service_account(ns)
+    token = cluster.kubectl(
+        "create", "token", "default", "-n", ns, "--audience=gpubatch.io/lease"
+    ).stdout.strip()
+    # 503, not 401: the worker asks again, and gets in once the permission is back.
+    assert cluster.lease_post(token) == (503, "cannot check the token now; ask again")
+    user_path.wait_until(
+        lambda: _condition(cluster, ns, "probe", "Complete"), timeout=60, what="Complete"
+    )
+
+
 def _ttl_cannot_delete(cluster: TestbedCluster, ns: str) -> None:
     user_path.wait_until(
         lambda: _condition(cluster, ns, "probe", "Complete"), timeout=60, what="Complete"
@@ -875,6 +889,12 @@ REMOVALS = {
         frozenset({("gpubatch.io", "gpubatches", "delete")}),
         _ttl_cannot_delete,
         frozenset({("gpubatch.io", "gpubatches", "delete")}),
+    ),
+    # Without this, pod-per-task batches run, but no warm pod gets work:
+    "tokenreviews-create": Removal(
+        frozenset({("authentication.k8s.io", "tokenreviews", "create")}),
+        _lease_requests_cannot_be_checked,
+        frozenset({("authentication.k8s.io", "tokenreviews", "create")}),
     ),
 }
 
