@@ -22,7 +22,9 @@ from typing import Any
 
 import kopf
 
+from gpubatch.api.lease import LeaseRequest, LeaseResponse
 from gpubatch.api.names import FINALIZER_TRACKING, GROUP, LABEL_BATCH_UID, PLURAL, VERSION
+from gpubatch.controller.leaseserver import LeaseHandler, LeaseServer, LeaseSettings, PodIdentity
 from gpubatch.controller.metrics import Metrics
 from gpubatch.controller.reconcile import BatchRuntime, Reconciler
 from gpubatch.controller.warm import WarmLeases, end_requests
@@ -62,6 +64,10 @@ class Operator:
     #: Where warm pods ask for leases (None: no lease endpoint, warm batches are refused).
     lease_endpoint: LeaseEndpoint | None = None
     connected: Connection | None = None
+    #: The HTTPS lease endpoint of warm workers (None: not served), and what answers it.
+    lease: LeaseSettings | None = None
+    lease_handler: LeaseHandler | None = None
+    lease_server: LeaseServer | None = None
 
     def connect(self, endpoint: ApiEndpoint) -> None:
         """Make the client with the first credentials kopf's login found."""
@@ -92,6 +98,30 @@ class Operator:
 
     def memo(self) -> kopf.Memo:
         return kopf.Memo(operator=self)
+
+    # The lease server is started before kopf's login has made the client, and the lease
+    # handler may come later still: the server calls these two, which answer 503 (the worker
+    # asks again) until both exist.
+    async def review_token(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        return await self.connection.client.review_token(token, audiences)
+
+    async def handle_lease(self, pod: PodIdentity, request: LeaseRequest) -> LeaseResponse:
+        if self.lease_handler is None:
+            raise kopf.TemporaryError("no lease handler yet", delay=1)
+        return await self.lease_handler.handle_lease(pod, request)
+
+    async def start_lease_server(self) -> None:
+        if self.lease is None or self.lease_server is not None:
+            return
+        self.lease_server = LeaseServer(
+            self,
+            self,
+            host=self.lease.host,
+            port=self.lease.port,
+            cert_file=self.lease.cert_file,
+            key_file=self.lease.key_file,
+        )
+        await self.lease_server.start()
 
 
 def _operator(memo: Any) -> Operator:
@@ -181,11 +211,16 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     operator = _operator(memo)
     if operator.metrics_port:
         operator.metrics.serve(operator.metrics_port)
+    await operator.start_lease_server()
 
 
 @kopf.on.cleanup(id="cleanup")
 async def cleanup(memo: Any, **_: Any) -> None:
-    connected = _operator(memo).connected
+    operator = _operator(memo)
+    if operator.lease_server is not None:
+        await operator.lease_server.stop()
+        operator.lease_server = None
+    connected = operator.connected
     if connected is not None:
         await connected.client.close()
 
