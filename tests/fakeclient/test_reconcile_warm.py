@@ -25,9 +25,10 @@ from gpubatch.api.lease import (
 from gpubatch.api.result import Outcome, TaskResult
 from gpubatch.api.result import Reason as ResultReason
 from gpubatch.api.status import ConditionType, GPUBatchStatus, Reason
+from gpubatch.controller.leaseserver import PodIdentity
 from gpubatch.controller.metrics import Metrics
 from gpubatch.controller.reconcile import BatchRuntime, Reconciler
-from gpubatch.controller.warm import LeaseRefused, PodIdentity, WarmLeases
+from gpubatch.controller.warm import LeaseRefused, WarmLeases
 from gpubatch.core.indexset import IndexSet
 from gpubatch.core.planner import WARM_NOT_ON_CLUSTER, Limits
 from gpubatch.core.podspec import BatchRef, LeaseEndpoint

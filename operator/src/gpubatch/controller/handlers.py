@@ -61,8 +61,6 @@ class Operator:
     runtimes: dict[str, BatchRuntime] = field(default_factory=dict)
     #: Each running batch as its reconcile loop sees it (the lease handler finds pods there).
     batches: dict[str, KopfBatch] = field(default_factory=dict)
-    #: Where warm pods ask for leases (None: no lease endpoint, warm batches are refused).
-    lease_endpoint: LeaseEndpoint | None = None
     connected: Connection | None = None
     #: The HTTPS lease endpoint of warm workers (None: not served), and what answers it.
     lease: LeaseSettings | None = None
@@ -75,10 +73,14 @@ class Operator:
             return
         client = KubeClient(endpoint, concurrency=self.api_concurrency)
         self.metrics.watch_client(client)
-        reconciler = Reconciler(client, self.metrics, self.limits, self.lease_endpoint)
+        leases = None
+        if self.lease is not None:  # warm batches run only where pods can ask for leases
+            leases = LeaseEndpoint(self.lease.url, self.lease.ca_pem())
+            self.lease_handler = self.warm_leases()
+        reconciler = Reconciler(client, self.metrics, self.limits, leases)
         self.connected = Connection(client, reconciler)
 
-    def leases(self) -> WarmLeases:
+    def warm_leases(self) -> WarmLeases:
         """The lease handler: requests go to their batch's loop, pods are checked against the
         pod index."""
 

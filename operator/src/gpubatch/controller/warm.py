@@ -30,6 +30,7 @@ from gpubatch.api.lease import (
 )
 from gpubatch.api.spec import GPUBatchSpec
 from gpubatch.api.status import GPUBatchStatus
+from gpubatch.controller.leaseserver import PodIdentity
 from gpubatch.core.errors import TaskSpecError
 from gpubatch.core.invocation import task_invocation
 from gpubatch.core.planner import Ledger, Plan, TaskAttempt
@@ -41,15 +42,6 @@ from gpubatch.core.warmpod import Reported, WarmPodView, lease_attempts
 
 #: Warm pods created but not yet seen in the pod index are forgotten after this long.
 WARM_IN_FLIGHT_TTL = 20.0
-
-
-@dataclass(frozen=True)
-class PodIdentity:
-    """The pod a lease request comes from, as its token's review names it."""
-
-    namespace: str
-    name: str
-    uid: str
 
 
 class LeaseRefused(Exception):
