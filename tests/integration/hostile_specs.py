@@ -90,7 +90,6 @@ class Case:
     message: str  # substring of kubectl's stderr (refused) or of the Failed condition (failed)
     reason: str | None = None  # the Failed condition's reason (failed only)
     files: Mapping[str, str] = field(default_factory=dict)  # relative path -> text, under @TMP@
-    cluster_only: bool = False  # failed on a cluster only: `gpubatch run` accepts and runs it
 
     def spec(self, tmp: Path | None = None) -> dict[str, Any]:
         """The patched spec, `@TMP@` replaced by `tmp` (which must be given if it is used)."""
@@ -127,7 +126,6 @@ def failed(
     *,
     reason: str = "InvalidSpec",
     files: Mapping[str, str] | None = None,
-    cluster_only: bool = False,
 ) -> Case:
     return Case(
         id=id,
@@ -137,7 +135,6 @@ def failed(
         message=message,
         reason=reason,
         files=dict(files or {}),
-        cluster_only=cluster_only,
     )
 
 
@@ -460,13 +457,6 @@ CASES: Final[tuple[Case, ...]] = (
             **containers(command=["python", "serve.py"], env=[{"name": "S", "value": "{shot}"}]),
         },
         "cannot contain task placeholders such as {image}",
-    ),
-    failed(
-        "warm-on-the-cluster",
-        "worker.mode Warm on a cluster (warm workers run under gpubatch run only so far)",
-        {"worker": {"mode": "Warm"}, **command("python", "serve.py")},
-        "worker.mode: Warm is supported by `gpubatch run` only so far",
-        cluster_only=True,
     ),
     # --- GPUs ----------------------------------------------------------------------------------
     refused(

@@ -18,11 +18,14 @@ removal experiments, namespaced mode, uninstall).
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import copy
 import json
 import os
 import re
+import ssl
 import subprocess
 import time
 import uuid
@@ -31,8 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
+from cryptography import x509
 
 import testbed as testbed_package
 from integration import user_path
@@ -41,6 +46,7 @@ from support.audit import audit_offset, audited
 from support.batches import batch
 from support.operator_process import OperatorProcess
 from testbed import Testbed, TestbedConfig
+from testbed.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +54,9 @@ RELEASE, RELEASE_NS = "gpubatch-operator", "gpubatch-system"
 SA_USER = f"system:serviceaccount:{RELEASE_NS}:{RELEASE}"
 ROLE = f"{RELEASE_NS}-{RELEASE}"
 NODES_ROLE = f"{ROLE}-nodes"
+LEASES_ROLE = f"{ROLE}-leases"
+LEASE_SERVICE = f"{RELEASE}-leases"
+LEASE_DNS = f"{LEASE_SERVICE}.{RELEASE_NS}.svc"
 KUBE_VERSION = "1.34.0"  # helm's built-in default is older than the chart's kubeVersion floor
 SIM_SECONDS = 1.5  # long enough that second-precision container times give a non-zero mean
 # Keeps the chart's own operator pod Pending: kwok would otherwise "run" it and, since it
@@ -129,6 +138,8 @@ OPERATOR_PERMISSIONS: dict[Permission, str] = {
     ("", "events", "create"): "Events on batches (kopf.event)",
     ("", "nodes", "list"): "kopf node-label index (initial list)",
     ("", "nodes", "watch"): "kopf node-label index",
+    ("authentication.k8s.io", "tokenreviews", "create"): "lease endpoint: whose token a warm "
+    "pod presents (KubeClient.review_token)",
 }
 #: Checked by the admission plugin during pod creation, not a request of its own, so the audit
 #: log cannot show it; the removal experiment below shows what it is for.
@@ -181,9 +192,9 @@ def test_values_schema_refuses_unknown_keys_and_wrong_values(setting: str, compl
 
 def test_rendered_cluster_roles_grant_exactly_the_documented_operator_permissions():
     docs = render()
-    assert granted(docs, [ROLE, NODES_ROLE]) == set(OPERATOR_PERMISSIONS)
+    assert granted(docs, [ROLE, NODES_ROLE, LEASES_ROLE]) == set(OPERATOR_PERMISSIONS)
     bindings = objects(docs, "ClusterRoleBinding")
-    assert set(bindings) == {ROLE, NODES_ROLE}
+    assert set(bindings) == {ROLE, NODES_ROLE, LEASES_ROLE}
     for binding in bindings.values():
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": RELEASE, "namespace": RELEASE_NS}
@@ -199,7 +210,9 @@ def test_documented_rbac_table_lists_every_rule():
     table = user_path.CLUSTER_DOC.read_text().split("## What the operator may do (RBAC)")[1]
     documented: set[Permission] = set()
     for resource, verbs in re.findall(r"^\| `([a-z/]+)`[^|]*\| ([a-z, ]+) \|", table, re.M):
-        group = "gpubatch.io" if resource.startswith("gpubatches") else ""
+        group = {"gpubatches": "gpubatch.io", "tokenreviews": "authentication.k8s.io"}.get(
+            resource.split("/")[0], ""
+        )
         documented |= {(group, resource, verb.strip()) for verb in verbs.split(",")}
     assert documented == set(OPERATOR_PERMISSIONS)
 
@@ -219,8 +232,10 @@ def test_watch_namespaces_bind_the_role_in_each_namespace_and_only_nodes_cluster
                 "kind": "ClusterRole",
                 "name": ROLE,
             }
-    assert set(objects(docs, "ClusterRoleBinding")) == {NODES_ROLE}
+    # Cluster-scoped resources: nodes, and the TokenReviews of the lease endpoint.
+    assert set(objects(docs, "ClusterRoleBinding")) == {NODES_ROLE, LEASES_ROLE}
     assert granted(docs, [NODES_ROLE]) == {("", "nodes", "list"), ("", "nodes", "watch")}
+    assert granted(docs, [LEASES_ROLE]) == {("authentication.k8s.io", "tokenreviews", "create")}
     args = objects(docs, "Deployment")[RELEASE]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
 
@@ -242,6 +257,11 @@ def test_deployment_flags_ports_and_storage_follow_the_values():
         "--liveness=http://0.0.0.0:8081/healthz",
         "--max-pending=4",
         "--api-concurrency=64",
+        "--lease-port=8443",
+        "--lease-cert=/etc/gpubatch/lease/tls.crt",
+        "--lease-key=/etc/gpubatch/lease/tls.key",
+        "--lease-ca=/etc/gpubatch/lease/ca.crt",
+        f"--lease-url=https://{LEASE_DNS}:8443/v1/lease",
         "--verbose",
     ]
     assert container["image"] == "gpubatch-operator:0.1.0"  # appVersion when tag is empty
@@ -253,7 +273,7 @@ def test_deployment_flags_ports_and_storage_follow_the_values():
     off = render("metrics.enabled=false")
     args = objects(off, "Deployment")[RELEASE]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--metrics-port=0" in args
-    assert not objects(off, "Service")
+    assert set(objects(off, "Service")) == {LEASE_SERVICE}
     monitor = render("metrics.serviceMonitor.enabled=true")
     assert objects(monitor, "ServiceMonitor")[RELEASE]["spec"]["endpoints"][0]["port"] == "metrics"
     refused = helm(
@@ -269,6 +289,51 @@ def test_deployment_flags_ports_and_storage_follow_the_values():
         check=False,
     )
     assert "metrics.serviceMonitor.enabled needs" in refused.stderr
+
+
+def _pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = objects(docs, "Deployment")[RELEASE]["spec"]["template"]["spec"]
+    return spec
+
+
+def test_lease_endpoint_has_a_service_a_certificate_for_its_name_and_the_flags():
+    docs = render()
+    service = objects(docs, "Service")[LEASE_SERVICE]
+    assert service["spec"]["ports"] == [
+        {"name": "leases", "port": 8443, "targetPort": "leases", "protocol": "TCP"}
+    ]
+    pod = _pod_spec(docs)
+    assert {"name": "leases", "containerPort": 8443, "protocol": "TCP"} in pod["containers"][0][
+        "ports"
+    ]
+    mount = {"name": "lease-tls", "mountPath": "/etc/gpubatch/lease", "readOnly": True}
+    assert mount in pod["containers"][0]["volumeMounts"]
+    secret_name = f"{RELEASE}-lease-tls"
+    assert {"name": "lease-tls", "secret": {"secretName": secret_name}} in pod["volumes"]
+    secret = objects(docs, "Secret")[secret_name]
+    assert secret["type"] == "kubernetes.io/tls"
+    cert, ca = (
+        x509.load_pem_x509_certificate(base64.b64decode(secret["data"][key]))
+        for key in ("tls.crt", "ca.crt")
+    )
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert LEASE_DNS in names.get_values_for_type(x509.DNSName)
+
+
+def test_lease_endpoint_off_or_with_the_users_certificate():
+    off = render("leases.enabled=false")
+    args = _pod_spec(off)["containers"][0]["args"]
+    assert not [a for a in args if a.startswith("--lease")]
+    assert LEASE_SERVICE not in objects(off, "Service")
+    assert not objects(off, "Secret")
+    assert LEASES_ROLE not in objects(off, "ClusterRole")
+    own = render("leases.existingSecret=lease-cert-from-cert-manager", "leases.port=9443")
+    assert not objects(own, "Secret")
+    pod = _pod_spec(own)
+    volume = {"name": "lease-tls", "secret": {"secretName": "lease-cert-from-cert-manager"}}
+    assert volume in pod["volumes"]
+    assert f"--lease-url=https://{LEASE_DNS}:9443/v1/lease" in pod["containers"][0]["args"]
 
 
 # ----------------------------------------------------------------------------- the install
@@ -320,6 +385,7 @@ class TestbedCluster(Cluster):
     operator: OperatorProcess | None = None
     operator_args: list[str] = field(default_factory=list)
     install_output: str = ""
+    lease_port: int = 0
 
     def start_operator(self) -> None:
         assert self.bed is not None
@@ -350,15 +416,60 @@ class TestbedCluster(Cluster):
         )
         deployment = self.get_json("deployment", self.release, "-n", self.release_namespace)
         args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-        # The local process gets free ports instead of the pod's 8080/8081; the rest is as is.
-        self.operator_args = [a for a in args if not a.startswith(("--metrics-port", "--liveness"))]
+        # The local process gets free ports instead of the pod's 8080/8081/8443, and the lease
+        # certificate from the chart's Secret instead of the pod's mount; the rest is as is.
+        local = ("--metrics-port", "--liveness")
+        kept = [a for a in args if not a.startswith(local)]
+        self.operator_args = [local_arg for a in kept for local_arg in self._local_lease_args(a)]
         self.operator = OperatorProcess(
             testbed=self.bed,
             log_path=self.workdir / "operator.log",
             extra_args=self.operator_args,
             kubeconfig=kubeconfig,
+            leases=False,  # the Deployment's own lease flags are in extra_args
         )
         self.operator.start()
+
+    def _local_lease_args(self, arg: str) -> list[str]:
+        """The lease flags for a local process: a free port on loopback, and each of
+        --lease-cert/key/ca the chart Secret's key, written where the process can read it."""
+        flag, _, path = arg.partition("=")
+        if flag == "--lease-port":
+            self.lease_port = free_port()
+            return [f"--lease-port={self.lease_port}", "--lease-host=127.0.0.1"]
+        if flag not in ("--lease-cert", "--lease-key", "--lease-ca"):
+            return [arg]
+        deployment = self.get_json("deployment", self.release, "-n", self.release_namespace)
+        [volume] = [
+            v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "lease-tls"
+        ]
+        secret_name = volume["secret"]["secretName"]
+        secret = self.get_json("secret", secret_name, "-n", self.release_namespace)
+        local = self.workdir / "lease-tls" / Path(path).name
+        local.parent.mkdir(exist_ok=True)
+        local.write_bytes(base64.b64decode(secret["data"][Path(path).name]))
+        return [f"{flag}={local}"]
+
+    def lease_post(self, token: str) -> tuple[int, str]:
+        """POST a lease request to the local operator as a pod would: by the Service's DNS name
+        (the name the chart's certificate is for), verified with the Secret's ca.crt."""
+        context = ssl.create_default_context(cafile=str(self.workdir / "lease-tls" / "ca.crt"))
+        url = f"https://127.0.0.1:{self.lease_port}/v1/lease"
+
+        async def post() -> tuple[int, str]:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    url,
+                    json={"batchUid": "none"},
+                    headers={"Authorization": f"Bearer {token}"},
+                    ssl=context,
+                    server_hostname=LEASE_DNS,
+                ) as response,
+            ):
+                return response.status, await response.text()
+
+        return asyncio.run(post())
 
     def stop_operator(self) -> None:
         if self.operator is not None:
@@ -472,7 +583,7 @@ CAN = [
     ("update", "gpubatches", "--subresource=finalizers"), ("list", "pods", "-A"),
     ("watch", "pods", "-A"), ("create", "pods", "-A"), ("patch", "pods", "-A"),
     ("delete", "pods", "-A"), ("create", "events", "-A"), ("list", "nodes", ""),
-    ("watch", "nodes", ""),
+    ("watch", "nodes", ""), ("create", "tokenreviews.authentication.k8s.io", ""),
 ]  # fmt: skip
 CANNOT = [
     ("get", "pods", "-A"), ("get", "gpubatches", "-A"), ("create", "gpubatches", "-A"),
@@ -519,6 +630,17 @@ def test_user_path_with_the_charts_identity_uses_exactly_the_granted_permissions
     user_path.expect_first_run(cluster, namespace, example)
     user_path.expect_events(cluster, namespace, example, "Started", "Completed")
     user_path.expect_rerun_skips_finished_tasks(cluster, namespace, example, redo=[0, 4])
+
+    # The lease endpoint, reached by the Service's name with the chart's CA: the operator checks
+    # the token with a TokenReview (a token that names no pod is refused whatever the batch).
+    not_a_pod = cluster.kubectl(
+        "create", "token", "default", "-n", namespace, "--audience=gpubatch.io/lease"
+    ).stdout.strip()
+    assert cluster.lease_post(not_a_pod) == (
+        403,
+        f"system:serviceaccount:{namespace}:default is not a pod: present the pod's projected "
+        "service-account token for audience gpubatch.io/lease",
+    )
 
     # The rest of a batch's life: a failed task (Warning event, kept pod) and the TTL delete.
     ttl = batch(
@@ -585,7 +707,8 @@ def _strip(role: dict[str, Any], removed: set[Permission]) -> dict[str, Any]:
 @contextlib.contextmanager
 def without(cluster: TestbedCluster, removed: set[Permission]) -> Iterator[None]:
     """The chart's ClusterRoles minus `removed`, until the block ends."""
-    originals = [cluster.get_json("clusterrole", name) for name in (ROLE, NODES_ROLE)]
+    roles = (ROLE, NODES_ROLE, LEASES_ROLE)
+    originals = [cluster.get_json("clusterrole", name) for name in roles]
     try:
         for role in originals:
             cluster.kubectl("replace", "-f", "-", input=json.dumps(_strip(role, removed)))
@@ -692,6 +815,19 @@ def _completes_without_events(cluster: TestbedCluster, ns: str) -> None:
     assert events["items"] == []
 
 
+def _lease_requests_cannot_be_checked(cluster: TestbedCluster, ns: str) -> None:
+    assert cluster.bed is not None
+    cluster.bed.wait_for_default_service_account(ns)
+    token = cluster.kubectl(
+        "create", "token", "default", "-n", ns, "--audience=gpubatch.io/lease"
+    ).stdout.strip()
+    # 503, not 401: the worker asks again, and gets in once the permission is back.
+    assert cluster.lease_post(token) == (503, "cannot check the token now; ask again")
+    user_path.wait_until(
+        lambda: _condition(cluster, ns, "probe", "Complete"), timeout=60, what="Complete"
+    )
+
+
 def _ttl_cannot_delete(cluster: TestbedCluster, ns: str) -> None:
     user_path.wait_until(
         lambda: _condition(cluster, ns, "probe", "Complete"), timeout=60, what="Complete"
@@ -754,6 +890,12 @@ REMOVALS = {
         _ttl_cannot_delete,
         frozenset({("gpubatch.io", "gpubatches", "delete")}),
     ),
+    # Without this, pod-per-task batches run, but no warm pod gets work:
+    "tokenreviews-create": Removal(
+        frozenset({("authentication.k8s.io", "tokenreviews", "create")}),
+        _lease_requests_cannot_be_checked,
+        frozenset({("authentication.k8s.io", "tokenreviews", "create")}),
+    ),
 }
 
 
@@ -803,9 +945,13 @@ def test_watch_namespaces_mode_runs_batches_only_there_with_namespaced_access(
     cluster.stop_operator()
     values = cluster.workdir / "namespaced-values.yaml"
     values.write_text(yaml.safe_dump({**PARKED, "watchNamespaces": [watched]}))
+    lease_tls = f"{RELEASE}-lease-tls"
+    certificate = cluster.get_json("secret", lease_tls, "-n", RELEASE_NS)["data"]
     cluster.helm(
         "upgrade", RELEASE, str(CHART), "-n", RELEASE_NS, "--reset-values", "--values", str(values)
     )
+    # The chart's lease certificate survives the upgrade (running warm pods keep trusting it).
+    assert cluster.get_json("secret", lease_tls, "-n", RELEASE_NS)["data"] == certificate
     try:
         assert cluster.kubectl("get", "clusterrolebinding", ROLE, check=False).returncode != 0
         binding = cluster.get_json("rolebinding", RELEASE, "-n", watched)
@@ -817,7 +963,7 @@ def test_watch_namespaces_mode_runs_batches_only_there_with_namespaced_access(
 
         since = audit_offset(bed)
         cluster.start_operator()
-        assert cluster.operator_args[-1] == f"--namespace={watched}"
+        assert f"--namespace={watched}" in cluster.operator_args
         probe = yaml.safe_dump(batch("probe", tasks={"range": {"start": 0, "stop": 2}}))
         for namespace in (other, watched):
             cluster.user_kubectl("apply", "-n", namespace, "-f", "-", input=probe)

@@ -222,7 +222,7 @@ def expect_installed(cluster: Cluster) -> None:
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert container["livenessProbe"]["httpGet"]["port"] == "health"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"metrics": 8080, "health": 8081}
+    assert ports == {"metrics": 8080, "health": 8081, "leases": 8443}
     cluster.get_json("serviceaccount", cluster.release, "-n", ns)
     service = cluster.get_json("service", f"{cluster.release}-metrics", "-n", ns)
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"

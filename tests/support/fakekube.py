@@ -24,6 +24,7 @@ from gpubatch.api.names import FINALIZER_TRACKING
 from gpubatch.core.planner import Event
 from gpubatch.core.podview import PodView, pod_view
 from gpubatch.core.stuck import NodeCapacity
+from gpubatch.core.warmpod import WarmPodView, warm_pod_view
 from gpubatch.edges.kube import ApiError
 
 JSON = dict[str, Any]
@@ -191,8 +192,9 @@ class FakeKube:
         pod["spec"]["nodeName"] = node
         pod["status"] = {"phase": "Running", "startTime": _now()}
 
-    def finish(self, name: str, *, exit_code: int = 0) -> None:
-        """The task container of pod `name` exits (Succeeded for 0, Failed otherwise)."""
+    def finish(self, name: str, *, exit_code: int = 0, message: str = "") -> None:
+        """The task container of pod `name` exits (Succeeded for 0, Failed otherwise), with
+        `message` as its termination message."""
         pod = self.pods[name]
         pod["spec"].setdefault("nodeName", "gpu-node-1")
         container = pod["spec"]["containers"][0]["name"]
@@ -206,6 +208,7 @@ class FakeKube:
                         "terminated": {
                             "exitCode": exit_code,
                             "reason": "Completed" if exit_code == 0 else "Error",
+                            "message": message,
                             "startedAt": _now(),
                             "finishedAt": _now(),
                         }
@@ -246,6 +249,9 @@ class FakeKube:
     def views(self) -> list[PodView]:
         return [v for v in (pod_view(p) for p in self.pods.values()) if v is not None]
 
+    def warm_views(self) -> list[WarmPodView]:
+        return [v for v in (warm_pod_view(p) for p in self.pods.values()) if v is not None]
+
     # ------------------------------------------------------------------------ reading the log
     def called(self, verb: str) -> list[Call]:
         return [c for c in self.calls if c.verb == verb]
@@ -282,6 +288,9 @@ class FakeBatch:
 
     def pods(self) -> Iterable[PodView]:
         return [v for v in self.kube.views() if v.name not in self.hidden]
+
+    def warm_pods(self) -> Iterable[WarmPodView]:
+        return [v for v in self.kube.warm_views() if v.name not in self.hidden]
 
     def node_labels(self, node: str) -> Mapping[str, str]:
         return self.nodes.get(node, {})

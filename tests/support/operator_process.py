@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from testbed import Testbed, env_with_kubeconfig
+from testbed.leases import lease_flags, lease_url
 from testbed.processes import _die_with_parent, free_port
 
 
@@ -27,6 +28,26 @@ class OperatorProcess:
     process: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
     starts: int = 0
+    #: Serve the lease endpoint of warm workers (False where extra_args bring their own flags).
+    leases: bool = True
+    lease_port: int = 0  # chosen at the first start and kept, so warm pods' URL stays valid
+
+    @property
+    def lease_url(self) -> str:
+        """What warm pods are told (GPUBATCH_LEASE_URL)."""
+        return lease_url(self.lease_port)
+
+    @property
+    def lease_ca(self) -> Path:
+        """The PEM file that verifies the lease endpoint (GPUBATCH_LEASE_CA): the test bed's CA."""
+        return self.testbed.certs.ca_cert
+
+    def lease_args(self) -> list[str]:
+        if not self.leases:
+            return []
+        if not self.lease_port:
+            self.lease_port = free_port()
+        return lease_flags(self.testbed.certs, self.log_path.parent / "lease-pki", self.lease_port)
 
     def start(self) -> None:
         self.metrics_port = free_port()
@@ -37,6 +58,7 @@ class OperatorProcess:
             "gpubatch.controller.main",
             f"--metrics-port={self.metrics_port}",
             f"--liveness=http://127.0.0.1:{liveness}/healthz",
+            *self.lease_args(),
             *self.extra_args,
         ]
         log = self.log_path.open("ab")

@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 from testbed.controlplane import REPO, Testbed, TestbedConfig, env_with_kubeconfig
+from testbed.leases import lease_flags, lease_url
 from testbed.nodes import GpuNodePool
+from testbed.processes import free_port
 from testbed.realnode.node import REAL_NODE_TAINT
 
 
@@ -101,8 +103,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     bed.kubectl("wait", "--for=condition=Established", "crd/gpubatches.gpubatch.io")
     if not _operator_alive(folder):
         log = (folder / "logs" / "operator.log").open("ab")
+        port = free_port()
         process = subprocess.Popen(
-            [sys.executable, "-m", "gpubatch.controller.main", "--metrics-port=0", "--liveness="],
+            [
+                sys.executable,
+                "-m",
+                "gpubatch.controller.main",
+                "--metrics-port=0",
+                "--liveness=",
+                *lease_flags(bed.certs, folder / "lease-pki", port),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -111,7 +121,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         (folder / "operator.pid").write_text(str(process.pid))
         print(
-            f"# operator started (pid {process.pid}, log {folder / 'logs' / 'operator.log'})",
+            f"# operator started (pid {process.pid}, log {folder / 'logs' / 'operator.log'}; "
+            f"lease endpoint {lease_url(port)}, CA {bed.certs.ca_cert})",
             file=sys.stderr,
         )
     batch = REPO / "examples" / "demo-testbed.yaml"

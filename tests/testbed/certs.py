@@ -235,3 +235,42 @@ def write_kubeconfig(
         "current-context": "gpubatch-testbed",
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def serving_certificate(
+    certs: CertPaths,
+    folder: Path,
+    name: str,
+    dns_names: tuple[str, ...] = ("localhost",),
+    ips: tuple[str, ...] = ("127.0.0.1",),
+) -> tuple[Path, Path]:
+    """A TLS serving certificate for `name` (its SANs: `dns_names` and `ips`), signed by the
+    test bed's CA, so clients that trust the test bed (e.g. warm pods given `ca.crt`) trust
+    the server: the operator's lease endpoint gets one."""
+    ca_key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
+    key = _key()
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    sans: list[x509.GeneralName] = [x509.DNSName(dns) for dns in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, key_path)
+    return cert_path, key_path

@@ -136,6 +136,9 @@ def test_every_value_is_documented_by_a_comment_right_above_it():
         ("podSecurityContext.runAsUser", 0),  # root is refused: runAsNonRoot is always set
         ("operatorImage.pullPolicy", "Sometimes"),
         ("affinity", {"nodeAfinity": {}}),
+        ("leases.port", 0),
+        ("leases.existingSecret", "Lease_TLS"),
+        ("leases.enable", True),
     ],
 )
 def test_schema_refuses(path: str, value: Any):
@@ -157,6 +160,7 @@ def test_schema_refuses(path: str, value: Any):
             [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
         ),
         ("resources", {"requests": {"cpu": 1, "memory": "512Mi"}}),
+        ("leases", {"enabled": False, "port": 9443, "existingSecret": "lease.tls-1"}),
     ],
 )
 def test_schema_accepts(path: str, value: Any):

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gpubatch.api.status import ConditionType
 from gpubatch.controller.taskload import load_tasks
 from gpubatch.core.errors import SpecError
-from gpubatch.core.planner import plan
 from gpubatch.core.prepare import parse_spec
 from integration.hostile_specs import (
     CASES,
@@ -26,7 +24,6 @@ from integration.hostile_specs import (
     Case,
     markdown,
 )
-from support.builders import an_observation
 
 pytestmark = pytest.mark.unit
 
@@ -63,23 +60,10 @@ def test_what_the_api_server_refuses_the_models_refuse_too(case: Case):
         parse_spec(case.spec())
 
 
-@pytest.mark.parametrize(
-    "case", [c for c in FAILED_CASES if not c.cluster_only], ids=lambda c: c.id
-)
+@pytest.mark.parametrize("case", FAILED_CASES, ids=lambda c: c.id)
 def test_what_the_operator_fails_it_fails_locally_with_the_same_message(case: Case, tmp_path: Path):
     spec = case.body(tmp_path)["spec"]
     parse_spec(spec)  # valid as far as the models (and the CRD) can tell
     error = load_tasks(spec, generation=1).error  # what the operator does before any pod
     assert error is not None
     assert case.message in error
-
-
-@pytest.mark.parametrize("case", [c for c in FAILED_CASES if c.cluster_only], ids=lambda c: c.id)
-def test_what_only_the_cluster_refuses_loads_locally_and_the_planner_blocks(case: Case):
-    spec = parse_spec(case.spec())
-    assert load_tasks(case.spec(), generation=1).error is None  # gpubatch run can run it
-    result = plan(an_observation(spec))  # the operator's first pass
-    assert result.create == []
-    failed = [c for c in result.status.conditions if c.type == ConditionType.FAILED]
-    assert [c.status for c in failed] == ["True"]
-    assert case.message in failed[0].message

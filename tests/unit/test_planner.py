@@ -633,14 +633,22 @@ def test_an_invalid_spec_fails_the_batch_with_a_warning_and_dispatches_nothing()
     assert result.status.start_time is None
 
 
-def test_a_warm_batch_is_refused_on_the_cluster_with_a_warning_and_dispatches_nothing():
+def test_a_warm_batch_is_refused_by_an_operator_without_a_lease_endpoint():
     warm = {"name": "task", "image": "registry.example.com/task:1", "command": ["serve"]}
     spec = a_spec(worker={"mode": "Warm"}, template={"spec": {"containers": [warm]}})
     result = plan(an_observation(spec))
     assert result.create == []
     assert condition_of(result.status, ConditionType.FAILED) == ("True", Why.INVALID_SPEC)
-    assert "gpubatch run` only" in condition(result.status, ConditionType.FAILED).message
+    assert "--lease-port" in condition(result.status, ConditionType.FAILED).message
     assert [(e.type, e.reason) for e in result.events] == [("Warning", "InvalidSpec")]
+
+
+def test_a_warm_batch_leases_exactly_what_its_asking_pods_can_take():
+    warm = {"name": "task", "image": "registry.example.com/task:1", "command": ["serve"]}
+    spec = a_spec(worker={"mode": "Warm"}, template={"spec": {"containers": [warm]}}, parallelism=2)
+    result = plan(an_observation(spec, runs_warm=True, warm_capacity=5))
+    assert created_tasks(result) == [0, 1, 2, 3, 4]  # not bounded by parallelism: leases
+    assert plan(an_observation(spec, runs_warm=True, warm_capacity=0)).create == []
 
 
 def test_a_fixed_spec_resumes_dispatch_after_an_invalid_spec():

@@ -50,3 +50,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "gpubatch.image" -}}
 {{- printf "%s:%s" .Values.operatorImage.repository (default .Chart.AppVersion .Values.operatorImage.tag) }}
 {{- end }}
+
+{{/* The Service warm worker pods reach the lease endpoint through (a DNS label: 63 at most). */}}
+{{- define "gpubatch.leaseServiceName" -}}
+{{- printf "%s-leases" (include "gpubatch.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The Secret with the lease endpoint's certificate: the user's, or the chart's own. */}}
+{{- define "gpubatch.leaseSecretName" -}}
+{{- default (printf "%s-lease-tls" (include "gpubatch.fullname" . | trunc 52 | trimSuffix "-")) .Values.leases.existingSecret }}
+{{- end }}
+
+{{/* The URL warm pods are given (GPUBATCH_LEASE_URL). */}}
+{{- define "gpubatch.leaseURL" -}}
+{{- printf "https://%s.%s.svc:%d/v1/lease" (include "gpubatch.leaseServiceName" .) .Release.Namespace (int .Values.leases.port) }}
+{{- end }}

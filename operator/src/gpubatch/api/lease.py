@@ -44,7 +44,7 @@ LEASE_AUDIENCE: Final = "gpubatch.io/lease"
 #: Environment of a warm pod's worker container.
 ENV_LEASE_URL: Final = "GPUBATCH_LEASE_URL"
 ENV_LEASE_CA: Final = "GPUBATCH_LEASE_CA"
-ENV_LEASE_TOKEN_FILE: Final = "GPUBATCH_LEASE_TOKEN_FILE"
+ENV_LEASE_TOKEN_FILE: Final = "GPUBATCH_LEASE_TOKEN_FILE"  # noqa: S105 (a variable name)
 ENV_BATCH_UID: Final = "GPUBATCH_BATCH_UID"
 
 #: Labels and annotation of warm pods (task pods carry task-index/attempt instead).
@@ -58,13 +58,11 @@ MAX_LEASE_TASKS: Final = 64
 #: asks again at once after an empty answer.
 LONG_POLL_SECONDS: Final = 30.0
 
-_CONFIG = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
-
 
 class AttemptResult(BaseModel):
     """One task attempt of the lease being reported, and what became of it."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     index: int = Field(ge=0)
     attempt: int = Field(ge=0)
@@ -74,7 +72,7 @@ class AttemptResult(BaseModel):
 class LeaseRequest(BaseModel):
     """A worker's request: the results of lease `seq` (0 = no lease yet), and more work."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     protocol: int = LEASE_PROTOCOL
     batch_uid: str = Field(alias="batchUid")
@@ -90,7 +88,7 @@ class LeasedTask(BaseModel):
     """One task attempt to run: the task's GPUBATCH_* environment, as the per-task worker
     receives it (`TaskEnvironment.to_environ()`), so both modes share one contract."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     index: int = Field(ge=0)
     attempt: int = Field(ge=0)
@@ -101,7 +99,7 @@ class LeaseResponse(BaseModel):
     """The operator's answer. `done`: no more work for this pod, exit 0. Otherwise `tasks` is
     lease `seq` (empty: nothing yet, ask again; the results sent are acknowledged either way)."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     protocol: int = LEASE_PROTOCOL
     seq: int = Field(default=0, ge=0)
@@ -132,7 +130,7 @@ class WarmProgress(BaseModel):
     travel with the next request, this is the record that survives the pod's death) and
     `running` the attempt in progress, if any."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     warm: int = LEASE_PROTOCOL
     seq: int = 0

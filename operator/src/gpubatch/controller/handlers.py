@@ -22,13 +22,17 @@ from typing import Any
 
 import kopf
 
+from gpubatch.api.lease import LeaseRequest, LeaseResponse
 from gpubatch.api.names import FINALIZER_TRACKING, GROUP, LABEL_BATCH_UID, PLURAL, VERSION
+from gpubatch.controller.leaseserver import LeaseHandler, LeaseServer, LeaseSettings, PodIdentity
 from gpubatch.controller.metrics import Metrics
 from gpubatch.controller.reconcile import BatchRuntime, Reconciler
+from gpubatch.controller.warm import WarmLeases, end_requests
 from gpubatch.core.planner import Event, Limits
-from gpubatch.core.podspec import BatchRef, task_selector
+from gpubatch.core.podspec import BatchRef, LeaseEndpoint, task_selector
 from gpubatch.core.podview import PodView, pod_view
 from gpubatch.core.stuck import NodeCapacity
+from gpubatch.core.warmpod import WarmPodView, warm_pod_view
 from gpubatch.edges.kube import ApiEndpoint, KubeClient
 
 log = logging.getLogger("gpubatch.handlers")
@@ -55,7 +59,13 @@ class Operator:
     metrics_port: int | None = None
     metrics: Metrics = field(default_factory=Metrics)
     runtimes: dict[str, BatchRuntime] = field(default_factory=dict)
+    #: Each running batch as its reconcile loop sees it (the lease handler finds pods there).
+    batches: dict[str, KopfBatch] = field(default_factory=dict)
     connected: Connection | None = None
+    #: The HTTPS lease endpoint of warm workers (None: not served), and what answers it.
+    lease: LeaseSettings | None = None
+    lease_handler: LeaseHandler | None = None
+    lease_server: LeaseServer | None = None
 
     def connect(self, endpoint: ApiEndpoint) -> None:
         """Make the client with the first credentials kopf's login found."""
@@ -63,7 +73,22 @@ class Operator:
             return
         client = KubeClient(endpoint, concurrency=self.api_concurrency)
         self.metrics.watch_client(client)
-        self.connected = Connection(client, Reconciler(client, self.metrics, self.limits))
+        leases = None
+        if self.lease is not None:  # warm batches run only where pods can ask for leases
+            leases = LeaseEndpoint(self.lease.url, self.lease.ca_pem())
+            self.lease_handler = self.warm_leases()
+        reconciler = Reconciler(client, self.metrics, self.limits, leases)
+        self.connected = Connection(client, reconciler)
+
+    def warm_leases(self) -> WarmLeases:
+        """The lease handler: requests go to their batch's loop, pods are checked against the
+        pod index."""
+
+        def warm_pods(uid: str) -> list[WarmPodView]:
+            batch = self.batches.get(uid)
+            return list(batch.warm_pods()) if batch is not None else []
+
+        return WarmLeases(self.runtimes.get, warm_pods)
 
     @property
     def connection(self) -> Connection:
@@ -75,6 +100,30 @@ class Operator:
 
     def memo(self) -> kopf.Memo:
         return kopf.Memo(operator=self)
+
+    # The lease server is started before kopf's login has made the client, and the lease
+    # handler may come later still: the server calls these two, which answer 503 (the worker
+    # asks again) until both exist.
+    async def review_token(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        return await self.connection.client.review_token(token, audiences)
+
+    async def handle_lease(self, pod: PodIdentity, request: LeaseRequest) -> LeaseResponse:
+        if self.lease_handler is None:
+            raise kopf.TemporaryError("no lease handler yet", delay=1)
+        return await self.lease_handler.handle_lease(pod, request)
+
+    async def start_lease_server(self) -> None:
+        if self.lease is None or self.lease_server is not None:
+            return
+        self.lease_server = LeaseServer(
+            self,
+            self,
+            host=self.lease.host,
+            port=self.lease.port,
+            cert_file=self.lease.cert_file,
+            key_file=self.lease.key_file,
+        )
+        await self.lease_server.start()
 
 
 def _operator(memo: Any) -> Operator:
@@ -164,17 +213,24 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     operator = _operator(memo)
     if operator.metrics_port:
         operator.metrics.serve(operator.metrics_port)
+    await operator.start_lease_server()
 
 
 @kopf.on.cleanup(id="cleanup")
 async def cleanup(memo: Any, **_: Any) -> None:
-    connected = _operator(memo).connected
+    operator = _operator(memo)
+    if operator.lease_server is not None:
+        await operator.lease_server.stop()
+        operator.lease_server = None
+    connected = operator.connected
     if connected is not None:
         await connected.client.close()
 
 
 @kopf.index("v1", "pods", id="task_pods", labels={LABEL_BATCH_UID: kopf.PRESENT})
-async def task_pods(body: kopf.Body, memo: Any, **_: Any) -> dict[str, PodView] | None:
+async def task_pods(
+    body: kopf.Body, memo: Any, **_: Any
+) -> dict[str, PodView | WarmPodView] | None:
     """Keep a PodView per task pod, and wake its batch.
 
     Waking from the index handler (instead of a separate event handler) halves kopf's per-event
@@ -182,13 +238,15 @@ async def task_pods(body: kopf.Body, memo: Any, **_: Any) -> dict[str, PodView] 
     The reconcile reads the index after a short coalescing delay, by when kopf has stored the
     value returned here. Async, because kopf runs sync handlers in a thread pool.
     """
-    view = pod_view(dict(body))
+    pod = dict(body)
+    view: PodView | WarmPodView | None = pod_view(pod) or warm_pod_view(pod)
     if view is None:
         return None
-    runtime = _operator(memo).runtimes.get(view.batch_uid)
+    uid = view.batch_uid if isinstance(view, PodView) else view.pod.batch_uid
+    runtime = _operator(memo).runtimes.get(uid)
     if runtime is not None:
         runtime.wake()
-    return {view.batch_uid: view}
+    return {uid: view}
 
 
 @kopf.index("v1", "nodes", id="node_labels")
@@ -224,7 +282,7 @@ async def reconcile(
     **kwargs: Any,
 ) -> None:
     # kopf passes each index by its handler id.
-    task_pods: kopf.Index[str, PodView] = kwargs["task_pods"]
+    task_pods: kopf.Index[str, PodView | WarmPodView] = kwargs["task_pods"]
     node_labels: kopf.Index[str, NodeCapacity] = kwargs["node_labels"]
     operator = _operator(memo)
     reconciler = operator.connection.reconciler
@@ -232,10 +290,14 @@ async def reconcile(
         uid, BatchRuntime(ref=BatchRef(name, namespace or "default", uid))
     )
 
+    batch = KopfBatch(uid, body, task_pods, node_labels, stopped)
+    operator.batches[uid] = batch
     try:
-        await reconciler.run(runtime, KopfBatch(uid, body, task_pods, node_labels, stopped))
+        await reconciler.run(runtime, batch)
     finally:
         runtime.wakeup.cancel()
+        end_requests(runtime.warm)
+        operator.batches.pop(uid, None)
         if body.metadata.get("deletionTimestamp"):
             operator.runtimes.pop(uid, None)
             operator.metrics.forget(runtime.ref)
@@ -248,12 +310,15 @@ class KopfBatch:
 
     uid: str
     body: kopf.Body
-    task_pods: kopf.Index[str, PodView]
+    task_pods: kopf.Index[str, PodView | WarmPodView]
     node_index: kopf.Index[str, NodeCapacity]
     stop_flag: kopf.DaemonStopped
 
     def pods(self) -> Iterable[PodView]:
-        return list(self.task_pods.get(self.uid, []))
+        return [v for v in self.task_pods.get(self.uid, []) if isinstance(v, PodView)]
+
+    def warm_pods(self) -> Iterable[WarmPodView]:
+        return [v for v in self.task_pods.get(self.uid, []) if isinstance(v, WarmPodView)]
 
     def node_labels(self, node: str) -> Mapping[str, str]:
         for found in self.node_index.get(node, []):

@@ -10,6 +10,7 @@ import sys
 import kopf
 
 from gpubatch.controller import handlers
+from gpubatch.controller.leaseserver import lease_settings
 from gpubatch.core.planner import DEFAULT_MAX_CREATES_PER_PASS, DEFAULT_MAX_PENDING, Limits
 
 
@@ -52,8 +53,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="http://0.0.0.0:8081/healthz",
         help="liveness endpoint URL (empty disables)",
     )
+    leases = parser.add_argument_group(
+        "lease endpoint",
+        "the HTTPS endpoint warm worker pods get their tasks from (docs/operator.md); "
+        "give all of --lease-port, --lease-cert, --lease-key, --lease-ca and --lease-url, "
+        "or none (no warm workers)",
+    )
+    leases.add_argument("--lease-port", type=int, default=None, help="port to serve on")
+    leases.add_argument(
+        "--lease-host",
+        default="0.0.0.0",  # noqa: S104 - pods reach the operator through its Service
+        help="address to bind (default 0.0.0.0)",
+    )
+    leases.add_argument("--lease-cert", default=None, help="serving certificate (PEM file)")
+    leases.add_argument("--lease-key", default=None, help="its private key (PEM file)")
+    leases.add_argument(
+        "--lease-ca", default=None, help="CA certificate (PEM file) pods verify the operator with"
+    )
+    leases.add_argument(
+        "--lease-url",
+        default=None,
+        help="the URL pods use, e.g. https://SERVICE.NAMESPACE.svc:8443/v1/lease",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.lease = lease_settings(
+            port=args.lease_port,
+            host=args.lease_host,
+            cert=args.lease_cert,
+            key=args.lease_key,
+            ca=args.lease_ca,
+            url=args.lease_url,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         limits=Limits(max_pending=args.max_pending, max_creates_per_pass=args.max_creates_per_pass),
         api_concurrency=args.api_concurrency,
         metrics_port=args.metrics_port or None,
+        lease=args.lease,
     )
     kopf.configure(verbose=args.verbose)
     if not args.verbose:

@@ -25,6 +25,15 @@ from gpubatch.api.names import ANNOTATION_STOP_REASON, FINALIZER_TRACKING
 from gpubatch.api.status import GPUBatchStatus
 from gpubatch.controller.metrics import Metrics
 from gpubatch.controller.taskload import LoadedTasks, load_tasks, scan_outputs
+from gpubatch.controller.warm import (
+    WarmApply,
+    WarmSeen,
+    WarmState,
+    answer_requests,
+    create_warm_pods,
+    observe_warm,
+    take_warm_actions,
+)
 from gpubatch.core.errors import SpecError, TaskSpecError
 from gpubatch.core.indexset import IndexSet
 from gpubatch.core.planner import (
@@ -37,9 +46,11 @@ from gpubatch.core.planner import (
     plan,
     plan_invalid_spec,
 )
-from gpubatch.core.podspec import BatchRef, render_pod
+from gpubatch.core.podspec import BatchRef, LeaseEndpoint, render_pod
 from gpubatch.core.podview import PodView
 from gpubatch.core.stuck import NodeCapacity
+from gpubatch.core.warmfleet import FleetPlan, plan_fleet
+from gpubatch.core.warmpod import WarmPodView
 from gpubatch.edges.kube import JSON, ApiError
 
 log = logging.getLogger("gpubatch.reconcile")
@@ -88,6 +99,10 @@ class BatchContext(Protocol):
 
     def pods(self) -> Iterable[PodView]:
         """This batch's task pods, as the pod index holds them."""
+        ...
+
+    def warm_pods(self) -> Iterable[WarmPodView]:
+        """This batch's warm pods (worker.mode: Warm), as the pod index holds them."""
         ...
 
     def node_labels(self, node: str) -> Mapping[str, str]: ...
@@ -165,6 +180,9 @@ class BatchRuntime:
     current: GenerationState | None = None
     invalid_tasks: dict[int, str] = field(default_factory=dict)
     in_flight: dict[tuple[int, int], float] = field(default_factory=dict)  # key -> created at
+    warm: WarmState = field(default_factory=WarmState)  # open lease requests, warm creates
+    #: What this pass saw of the warm pods (set by observe, used by decide and apply).
+    warm_seen: WarmSeen | None = None
 
     def wake(self) -> None:
         self.wakeup.now()
@@ -193,10 +211,18 @@ def decide(seen: Observation | UnparseableSpec) -> Plan:
 class Reconciler:
     """Runs passes for batches; shared by every batch's loop."""
 
-    def __init__(self, client: KubeApi, metrics: Metrics, limits: Limits) -> None:
+    def __init__(
+        self,
+        client: KubeApi,
+        metrics: Metrics,
+        limits: Limits,
+        lease_endpoint: LeaseEndpoint | None = None,
+    ) -> None:
         self.client = client
         self.metrics = metrics
         self.limits = limits
+        #: Where warm pods ask for leases; None: this operator runs no warm batch.
+        self.lease_endpoint = lease_endpoint
 
     async def run(self, runtime: BatchRuntime, batch: BatchContext) -> None:
         """The loop: wait for a wake-up, coalesce, pass; until the daemon is stopped."""
@@ -232,7 +258,12 @@ class Reconciler:
         if seen is None:
             return None  # the delete handler releases the pods
         decided = decide(seen)
-        await self.apply(runtime, batch, decided, woken_at)
+        fleet = None
+        warm = runtime.warm_seen
+        if warm is not None and isinstance(seen, Observation):
+            fleet = plan_fleet(warm.fleet, decided, warm.sizes, warm.limits)
+            take_warm_actions(decided, warm.fleet, fleet)
+        await self.apply(runtime, batch, decided, woken_at, fleet)
         return decided
 
     # --------------------------------------------------------------------------- observe
@@ -253,6 +284,19 @@ class Reconciler:
             return UnparseableSpec(runtime.status, generation, message, datetime.now(UTC))
         outputs_exist = await self._scan_outputs(runtime, current)
         views = list(batch.pods())
+        runtime.warm_seen = None
+        if loaded.spec.worker.mode == "Warm" and self.lease_endpoint is not None:
+            runtime.warm_seen = observe_warm(
+                runtime.warm,
+                batch.warm_pods(),
+                runtime.status,
+                loaded.spec,
+                loaded.total,
+                self.limits.max_pending,
+                self.limits.max_creates_per_pass,
+            )
+            views += runtime.warm_seen.views
+        warm_pods = [w.pod for w in runtime.warm_seen.fleet.pods] if runtime.warm_seen else []
         return Observation(
             spec=loaded.spec,
             generation=generation,
@@ -266,11 +310,20 @@ class Reconciler:
             outputs_exist=outputs_exist,
             node_models=_node_models(batch, views, loaded.spec.gpu_model_label),
             # Only an unschedulable pod needs them: could any node ever hold it?
-            nodes=list(batch.cluster_nodes()) if any(v.unschedulable for v in views) else None,
+            nodes=(
+                list(batch.cluster_nodes())
+                if any(v.unschedulable for v in [*views, *warm_pods])
+                else None
+            ),
             spec_error=loaded.error or current.refused,
             invalid_tasks=dict(runtime.invalid_tasks),
             fingerprint=loaded.prepared.tasks.fingerprint if loaded.prepared else None,
             limits=self.limits,
+            runs_warm=self.lease_endpoint is not None,
+            warm_capacity=(
+                sum(runtime.warm_seen.sizes.values()) if runtime.warm_seen is not None else None
+            ),
+            warm_pods=warm_pods,
         )
 
     async def _load(
@@ -309,8 +362,10 @@ class Reconciler:
         batch: BatchContext,
         decided: Plan,
         woken_at: float | None = None,
+        fleet: FleetPlan | None = None,
     ) -> None:
-        """Carry out a plan: status, pods, Events, the batch's own deletion, the next timer."""
+        """Carry out a plan: status, pods, Events, the batch's own deletion, the next timer.
+        With warm pods (`fleet`), the planner's attempts become leases (see `_apply_fleet`)."""
         # Two chains run at once. Creating the next attempts depends on nothing this pass
         # writes: names are deterministic (a repeated create is a harmless 409) and a restart
         # rebuilds the truth from pods and status, so a finished task's replacement waits for
@@ -327,11 +382,11 @@ class Reconciler:
         # it passed over would never be created (a failed create resets it to 0).
         if runtime.current is not None:
             runtime.current.cursor = decided.cursor
-        manifests = self._render(runtime, decided.create)
+        manifests = [] if fleet is not None else self._render(runtime, decided.create)
         await _gather(
             [
                 *(self._create_one(runtime, attempt, pod) for attempt, pod in manifests),
-                self._record_then_release(runtime, decided),
+                self._record_then_release(runtime, decided, fleet),
             ]
         )
         if manifests:
@@ -345,10 +400,13 @@ class Reconciler:
         self._set_timer(runtime, decided)
         self.metrics.observe_status(runtime.ref, decided.status)
 
-    async def _record_then_release(self, runtime: BatchRuntime, decided: Plan) -> None:
+    async def _record_then_release(
+        self, runtime: BatchRuntime, decided: Plan, fleet: FleetPlan | None
+    ) -> None:
         await self._write_status(runtime, decided.status)
         await _gather(
             [
+                *([self._apply_fleet(runtime, decided, fleet)] if fleet is not None else []),
                 *(
                     self.client.remove_pod_finalizer(p.namespace, p.name, FINALIZER_TRACKING)
                     for p in decided.release
@@ -361,6 +419,43 @@ class Reconciler:
                 ),
             ]
         )
+
+    async def _apply_fleet(self, runtime: BatchRuntime, decided: Plan, fleet: FleetPlan) -> None:
+        """Warm pods, after the status write: leases recorded on their pods and then answered
+        (the planner's attempts are in flight until the pod index shows the lease), new warm
+        pods, finished ones released and cleaned up, stopped ones stopped."""
+        current, warm = runtime.current, runtime.warm_seen
+        if current is None or current.loaded.prepared is None or warm is None:
+            return
+        assert self.lease_endpoint is not None  # warm_seen is only set with an endpoint
+        how = WarmApply(
+            runtime.ref, current.loaded.prepared.spec, current.loaded.prepared, self.lease_endpoint
+        )
+        now = time.monotonic()
+        for lease in fleet.leases.values():
+            for attempt in lease.attempts:
+                runtime.in_flight[(attempt.index, attempt.attempt)] = now
+        unleased = await answer_requests(self.client, runtime.warm, warm.fleet, fleet, how)
+        for attempt in unleased.attempts:
+            runtime.in_flight.pop((attempt.index, attempt.attempt), None)
+        if unleased.attempts:
+            current.cursor = 0  # walk again: the unleased fresh tasks are untouched
+            runtime.invalid_tasks.update(unleased.invalid)
+            runtime.wake()
+        namespace = runtime.ref.namespace
+        await _gather(
+            [
+                create_warm_pods(self.client, runtime.warm, fleet.create, how),
+                *(
+                    self.client.remove_pod_finalizer(namespace, p.name, FINALIZER_TRACKING)
+                    for p in fleet.release
+                ),
+                *(self._stop(p.pod, reason) for p, reason in fleet.stop),
+                *(self.client.delete_pod(namespace, p.name, grace_seconds=0) for p in fleet.delete),
+            ]
+        )
+        if fleet.create:
+            self.metrics.pods_created.inc(len(fleet.create))
 
     def _set_timer(self, runtime: BatchRuntime, decided: Plan) -> None:
         wake_in = decided.wake_in

@@ -153,6 +153,12 @@ class Observation:
     fingerprint: str | None = None
     limits: Limits = field(default_factory=Limits)
     runs_warm: bool = False  # the executor supports worker.mode: Warm (gpubatch run does)
+    #: Warm mode on a cluster: how many attempts the warm pods asking for work can be leased
+    #: now (`core.warmfleet.lease_sizes`); it replaces the pod budget. None: pods per task.
+    warm_capacity: int | None = None
+    #: The warm pods themselves (their `index` is the pod's number, not a task): diagnosed
+    #: when stuck before Running and given up like task pods, never recorded as attempts.
+    warm_pods: Sequence[PodView] = ()
     #: The cluster's nodes (labels, allocatable), to tell "no node can ever hold this pod"
     #: from "wait for capacity"; None when not looked up (no pod is unschedulable).
     nodes: Sequence[NodeCapacity] | None = None
@@ -312,11 +318,12 @@ def plan_invalid_spec(status: GPUBatchStatus, generation: int, message: str, now
 
 
 # ------------------------------------------------------------------------------ the steps
-#: Warm mode is built for `gpubatch run` only; on a cluster it is refused rather than run as
-#: one pod per task, which would silently pay the load for every task.
+#: Warm mode on a cluster needs the lease endpoint; without it a Warm batch is refused rather
+#: than run as one pod per task, which would silently pay the load for every task.
 WARM_NOT_ON_CLUSTER: Final = (
-    "worker.mode: Warm is supported by `gpubatch run` only so far; on a cluster set "
-    "worker.mode: PerTask (one pod per task), or run the batch on a workstation with gpubatch run"
+    "worker.mode: Warm needs the operator's lease endpoint, and this operator runs without it "
+    "(install the chart with leases.enabled=true, or start the operator with --lease-port, "
+    "--lease-cert, --lease-key, --lease-ca and --lease-url); or set worker.mode: PerTask"
 )
 
 
@@ -476,6 +483,19 @@ def record_given_up_attempts(step: _Pass) -> None:
         stuck = _stuck_state(step)
         stuck.given_up += 1
         stuck.reason = reason[:128]
+    _record_given_up_warm_pods(step)
+
+
+def _record_given_up_warm_pods(step: _Pass) -> None:
+    """A warm pod given up stuck holds no task (it never ran, so it was never leased any):
+    it counts toward spec.stuck.maxAttempts while it still carries its finalizer (released
+    after this pass's status write, so it is counted once)."""
+    for pod in step.obs.warm_pods:
+        stop = pod.stop_reason or ""
+        if pod.terminal and pod.tracked and stop.startswith(STOP_STUCK):
+            stuck = _stuck_state(step)
+            stuck.given_up += 1
+            stuck.reason = (stop.removeprefix(STOP_STUCK) or "Stuck")[:128]
 
 
 def _stuck_state(step: _Pass) -> StuckState:
@@ -526,9 +546,10 @@ def detect_stuck_tasks(step: _Pass) -> None:
     obs, status = step.obs, step.status
     if status.stuck is not None and status.stuck.generation != obs.generation:
         status.stuck = None  # the spec changed: count afresh
+    starting = [w for w in obs.warm_pods if not w.terminal]
     step.stuck = [
         found
-        for pod in sorted(step.active, key=lambda p: p.key)
+        for pod in [*sorted(step.active, key=lambda p: p.key), *starting]
         if (found := diagnose(pod, obs.spec, obs.nodes)) is not None
     ]
     stuck, limit = status.stuck, obs.spec.stuck.max_attempts
@@ -543,7 +564,7 @@ def detect_stuck_tasks(step: _Pass) -> None:
         return
     if any(found.config for found in step.stuck):
         step.dispatch_cap = 0
-    elif stuck is not None and any(_got_past_the_error(p) for p in obs.pods):
+    elif stuck is not None and any(_got_past_the_error(p) for p in [*obs.pods, *obs.warm_pods]):
         status.stuck = None  # a pod got past the error: it no longer repeats
     elif stuck is not None:
         step.dispatch_cap = max(0, 1 - len(step.active) - len(step.in_flight))
@@ -696,6 +717,9 @@ def dispatch(step: _Pass) -> None:
 def _dispatch_budget(step: _Pass) -> int:
     """How many pods this pass may create: the per-pass cap, the pending cap, parallelism."""
     obs = step.obs
+    if obs.warm_capacity is not None:  # leases to asking warm pods, not pods
+        cap = step.dispatch_cap
+        return obs.warm_capacity if cap is None else min(obs.warm_capacity, cap)
     unscheduled = sum(1 for p in step.active if not p.scheduled) + len(step.in_flight)
     max_pending = obs.spec.max_pending or obs.limits.max_pending
     budget = min(obs.limits.max_creates_per_pass, max_pending - unscheduled)

@@ -21,6 +21,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
+from gpubatch.api.lease import (
+    ENV_BATCH_UID,
+    ENV_LEASE_CA,
+    ENV_LEASE_TOKEN_FILE,
+    ENV_LEASE_URL,
+    LABEL_WARM_SLOT,
+    LEASE_AUDIENCE,
+)
 from gpubatch.api.names import (
     ANNOTATION_TASK_CONTAINER,
     FINALIZER_TRACKING,
@@ -34,6 +42,7 @@ from gpubatch.core.invocation import task_invocation
 from gpubatch.core.taskrender import RenderedTask
 
 WORKER_COMMAND: Final = ("gpubatch-worker", "--")
+WARM_WORKER_COMMAND: Final = ("gpubatch-worker", "--warm", "--lease", "--")
 MAX_NAME: Final = 63
 #: Extra seconds the kubelet grants beyond taskDeadlineSeconds before it kills the pod itself;
 #: the worker and the operator stop the task first, this is the backstop when both cannot.
@@ -86,7 +95,6 @@ def render_pod(
     """The complete pod manifest for one attempt of one task."""
     template = spec.template.model_dump(mode="json", by_alias=True, exclude_none=True)
     pod_spec: dict[str, Any] = copy.deepcopy(template["spec"])
-    metadata = template.get("metadata") or {}
     position = spec.task_container_index()
 
     # The task container: rendered argv/env, the worker prefix, the task env, the GPU limit.
@@ -98,47 +106,145 @@ def render_pod(
     ours = invocation.task.to_env()
     names = {entry["name"] for entry in ours}
     container["env"] = [e for e in container.get("env") or [] if e.get("name") not in names] + ours
+    _container_with_gpus(spec, container)
+    pod_spec["containers"][position] = container
+    _restrict_pod(pod_spec, position)
+    if spec.task_deadline_seconds is not None:
+        pod_spec.setdefault(
+            "activeDeadlineSeconds", spec.task_deadline_seconds + KUBELET_DEADLINE_GRACE
+        )
+    labels = {LABEL_TASK_INDEX: str(task.index), LABEL_ATTEMPT: str(attempt)}
+    name = pod_name(batch.name, task.index, attempt)
+    return _manifest(batch, spec, name, labels, pod_spec, container["name"])
+
+
+@dataclass(frozen=True)
+class LeaseEndpoint:
+    """Where a warm pod asks for its leases, and the certificate authority that vouches for
+    the operator there (PEM, carried in the pod's env: no Secret to mount in every namespace)."""
+
+    url: str
+    ca_pem: str
+
+
+#: Where a warm pod's projected lease token is mounted.
+LEASE_TOKEN_DIR: Final = "/var/run/secrets/gpubatch.io/lease"  # noqa: S105 (a path)
+LEASE_TOKEN_VOLUME: Final = "gpubatch-lease-token"  # noqa: S105 (a volume name)
+#: Lifetime asked for the lease token; the kubelet renews it at 80% of that.
+LEASE_TOKEN_SECONDS: Final = 3600
+
+
+def warm_pod_name(batch: str, number: int) -> str:
+    """`<batch>-w<number>`, shortened like task pod names."""
+    return pod_name(batch, number, 0).removesuffix(f"-{number}-0") + f"-w{number}"
+
+
+def render_warm_pod(
+    batch: BatchRef, spec: GPUBatchSpec, number: int, endpoint: LeaseEndpoint
+) -> dict[str, Any]:
+    """Warm pod `number`: the program started once behind `gpubatch-worker --warm --lease`,
+    which asks `endpoint` for leases with a projected token only the operator accepts.
+
+    No task is rendered into it (the program gets its tasks from the leases), so the pod
+    has no deadline of its own: the worker enforces each task's."""
+    template = spec.template.model_dump(mode="json", by_alias=True, exclude_none=True)
+    pod_spec: dict[str, Any] = copy.deepcopy(template["spec"])
+    position = spec.task_container_index()
+    container = pod_spec["containers"][position]
+    argv = [*(container.get("command") or ()), *(container.get("args") or ())]
+    container["command"] = [*WARM_WORKER_COMMAND, *argv]
+    container.pop("args", None)
+    ours = [
+        {"name": ENV_LEASE_URL, "value": endpoint.url},
+        {"name": ENV_LEASE_CA, "value": endpoint.ca_pem},
+        {"name": ENV_LEASE_TOKEN_FILE, "value": f"{LEASE_TOKEN_DIR}/token"},
+        {"name": ENV_BATCH_UID, "value": batch.uid},
+    ]
+    names = {entry["name"] for entry in ours}
+    container["env"] = [e for e in container.get("env") or [] if e.get("name") not in names] + ours
+    container.setdefault("volumeMounts", []).append(
+        {"name": LEASE_TOKEN_VOLUME, "mountPath": LEASE_TOKEN_DIR, "readOnly": True}
+    )
+    _container_with_gpus(spec, container)
+    pod_spec["containers"][position] = container
+    _restrict_pod(pod_spec, position)
+    pod_spec.setdefault("volumes", []).append(
+        {
+            "name": LEASE_TOKEN_VOLUME,
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": LEASE_AUDIENCE,
+                            "expirationSeconds": LEASE_TOKEN_SECONDS,
+                            "path": "token",
+                        }
+                    }
+                ]
+            },
+        }
+    )
+    # The lease token is the only credential a warm pod needs: no API token unless asked.
+    pod_spec.setdefault("automountServiceAccountToken", False)
+    labels = {LABEL_WARM_SLOT: str(number)}
+    name = warm_pod_name(batch.name, number)
+    return _manifest(batch, spec, name, labels, pod_spec, container["name"])
+
+
+def _container_with_gpus(spec: GPUBatchSpec, container: dict[str, Any]) -> None:
+    """The GPU limit (and request) and the restricted defaults on the task container."""
     resources = container.setdefault("resources", {})
     gpus = str(spec.gpus_per_task)
     resources.setdefault("limits", {})[spec.gpu_resource] = gpus
     resources.setdefault("requests", {})[spec.gpu_resource] = gpus
     container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
     _restrict_container(container)
-    pod_spec["containers"][position] = container
+
+
+def _restrict_pod(pod_spec: dict[str, Any], position: int) -> None:
     for other in pod_spec.get("initContainers") or []:
         _restrict_container(other)
     for index, other in enumerate(pod_spec["containers"]):
         if index != position:
             _restrict_container(other)
 
+
+def _manifest(
+    batch: BatchRef,
+    spec: GPUBatchSpec,
+    name: str,
+    own_labels: dict[str, str],
+    pod_spec: dict[str, Any],
+    task_container: str,
+) -> dict[str, Any]:
+    """A pod of the batch: our labels, the tracking finalizer, the owner reference, and the
+    pod-level defaults (never restarted, non-root, GPU model affinity)."""
+    metadata = (
+        spec.template.model_dump(mode="json", by_alias=True, exclude_none=True).get("metadata")
+        or {}
+    )
     pod_spec["restartPolicy"] = "Never"
-    if spec.task_deadline_seconds is not None:
-        pod_spec.setdefault(
-            "activeDeadlineSeconds", spec.task_deadline_seconds + KUBELET_DEADLINE_GRACE
-        )
     security = pod_spec.setdefault("securityContext", {})
     security.setdefault("runAsNonRoot", True)
     security.setdefault("seccompProfile", {"type": "RuntimeDefault"})
     if spec.gpu_models:
         _add_gpu_model_affinity(pod_spec, spec.gpu_model_label, spec.gpu_models)
-
     labels = {
         **(metadata.get("labels") or {}),
         LABEL_BATCH_NAME: label_value(batch.name),
         LABEL_BATCH_UID: batch.uid,
-        LABEL_TASK_INDEX: str(task.index),
-        LABEL_ATTEMPT: str(attempt),
+        **own_labels,
     }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(batch.name, task.index, attempt),
+            "name": name,
             "namespace": batch.namespace,
             "labels": labels,
             "annotations": {
                 **(metadata.get("annotations") or {}),
-                ANNOTATION_TASK_CONTAINER: container["name"],
+                ANNOTATION_TASK_CONTAINER: task_container,
             },
             "finalizers": [FINALIZER_TRACKING],
             "ownerReferences": [

@@ -94,14 +94,26 @@ class PodView:
 
 def pod_view(pod: dict[str, Any], task_container: str | None = None) -> PodView | None:
     """Extract the PodView of a task pod; None for a pod that lacks our labels (not ours)."""
-    metadata = pod.get("metadata") or {}
-    labels = metadata.get("labels") or {}
+    labels = (pod.get("metadata") or {}).get("labels") or {}
     try:
         index = int(labels[LABEL_TASK_INDEX])
         attempt = int(labels[LABEL_ATTEMPT])
         batch_uid = str(labels[LABEL_BATCH_UID])
     except (KeyError, ValueError):
         return None
+    return pod_state(pod, batch_uid, index, attempt, task_container)
+
+
+def pod_state(
+    pod: dict[str, Any],
+    batch_uid: str,
+    index: int,
+    attempt: int,
+    task_container: str | None = None,
+) -> PodView:
+    """The PodView of any pod of ours, with the task identity given (a warm pod has none of
+    its own: `core.warmpod` keeps its number there)."""
+    metadata = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
     annotations = metadata.get("annotations") or {}

@@ -235,6 +235,20 @@ class KubeClient:
         )
         return list((body or {}).get("items", []))
 
+    # ------------------------------------------------------------------------------- tokens
+    async def review_token(self, token: str, audiences: list[str]) -> JSON:
+        """The API server's verdict on a bearer token (a TokenReview's `status`): who it names,
+        and for a pod's bound token which pod. Needs `create` on tokenreviews."""
+        review = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": audiences},
+        }
+        _, body = await self.request(
+            "POST", "/apis/authentication.k8s.io/v1/tokenreviews", body=review
+        )
+        return dict((body or {}).get("status") or {})
+
     # ------------------------------------------------------------------------------- batches
     async def patch_batch_status(self, namespace: str, name: str, status: JSON) -> None:
         """Merge-patch the status subresource."""

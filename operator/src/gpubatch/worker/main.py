@@ -4,6 +4,8 @@
     gpubatch-worker --report-gpus             print the NVML report as JSON (an image smoke test)
     gpubatch-worker --warm --results PATH [--tasks PATH] -- PROGRAM [ARGS...]
                                               run many tasks through one long-lived PROGRAM
+    gpubatch-worker --warm --lease [--termination-log PATH] -- PROGRAM [ARGS...]
+                                              a warm pod: tasks leased from the operator
 
 The container is `command: [gpubatch-worker, --, <user argv...>]`; the `--` is optional when the
 program's name does not start with `-`, so an image whose ENTRYPOINT is `gpubatch-worker` can take

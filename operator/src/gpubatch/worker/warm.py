@@ -22,7 +22,8 @@ uncounted". The caller decides whether to start a fresh worker (and pay the load
 The worker is driven by its caller, one blocking `run` per task, so an executor keeps its own
 queue: the local runner feeds one worker per slot from its queue; a task pod walks the set it
 was given (`run_set`, which also hands each result to a callback as soon as it is decided, so a
-pod can record progress before the next task starts).
+pod can record progress before the next task starts); a warm pod on a cluster runs each lease
+with `run_tasks` through one worker it keeps across leases (`worker.lease_loop`).
 """
 
 from __future__ import annotations
@@ -571,7 +572,18 @@ def run_set(
     tasks: Iterable[TaskEnvironment],
     on_result: Callable[[TaskEnvironment, TaskResult], None] | None = None,
 ) -> SetReport:
-    """Run `tasks` in order through `worker`, then close it.
+    """Run `tasks` in order through `worker` (see `run_tasks`), then close it."""
+    results, unrun = run_tasks(worker, tasks, on_result)
+    return SetReport(results, unrun, worker.close())
+
+
+def run_tasks(
+    worker: WarmWorker,
+    tasks: Iterable[TaskEnvironment],
+    on_result: Callable[[TaskEnvironment, TaskResult], None] | None = None,
+) -> tuple[tuple[tuple[TaskEnvironment, TaskResult], ...], tuple[TaskEnvironment, ...]]:
+    """Run `tasks` in order through `worker` and leave it open for more (a warm pod keeps one
+    program across its leases): the results, in order, and the tasks that did not run.
 
     `on_result` is called with each result as soon as it is decided, before the next task is
     handed over, so a pod can record its progress where it survives its own death.
@@ -586,7 +598,7 @@ def run_set(
         results.append((task, result))
         if on_result is not None:
             on_result(task, result)
-    return SetReport(tuple(results), tuple(unrun), worker.close())
+    return tuple(results), tuple(unrun)
 
 
 def _unread_bytes(fd: int) -> int:

@@ -1,6 +1,8 @@
 """`gpubatch-worker --warm`: a warm worker as a process, for executors that drive it over pipes.
 
     gpubatch-worker --warm [--tasks PATH] --results PATH -- PROGRAM [ARGS...]
+    gpubatch-worker --warm --lease [--termination-log PATH] [--grace S] [--load-deadline S]
+                    -- PROGRAM [ARGS...]        (a warm pod on a cluster: worker.lease_loop)
 
 Reads tasks, one JSON object per line, from PATH (default `-`, stdin): each is the task's
 GPUBATCH_* environment as `TaskEnvironment.to_environ()` writes it (the same contract, and the
@@ -33,8 +35,9 @@ from contextlib import ExitStack
 from types import FrameType
 from typing import IO
 
-from gpubatch.api.result import ExitCode, TaskResult
-from gpubatch.api.taskenv import TaskEnvironment, TaskEnvironmentError
+from gpubatch.api.result import DEFAULT_TERMINATION_MESSAGE_PATH, ExitCode, TaskResult
+from gpubatch.api.taskenv import DEFAULT_GRACE_SECONDS, TaskEnvironment, TaskEnvironmentError
+from gpubatch.worker.lease_loop import serve_leases
 from gpubatch.worker.run import StopRequest
 from gpubatch.worker.task import logger
 from gpubatch.worker.warm import WarmWorker, run_set
@@ -50,14 +53,41 @@ def warm_main(args: Sequence[str]) -> int:
     parser.add_argument("--tasks", default="-", help="JSON lines of tasks (default: stdin)")
     parser.add_argument(
         "--results",
-        required=True,
         help="where result lines are appended (a file or /dev/fd/N; not stdout, the task log)",
+    )
+    lease = parser.add_argument_group(
+        "a warm pod on a cluster (tasks leased from the operator; see worker.lease_loop)"
+    )
+    lease.add_argument(
+        "--lease", action="store_true", help="get tasks from the operator (GPUBATCH_LEASE_*)"
+    )
+    lease.add_argument(
+        "--termination-log",
+        default=DEFAULT_TERMINATION_MESSAGE_PATH,
+        help="where the lease's progress is kept (default: %(default)s)",
+    )
+    lease.add_argument(
+        "--grace", type=float, default=DEFAULT_GRACE_SECONDS, help="seconds from SIGTERM to SIGKILL"
+    )
+    lease.add_argument(
+        "--load-deadline", type=float, help="seconds the program may load (default: no limit)"
     )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     options = parser.parse_args(list(args))
     command = options.command[1:] if options.command[:1] == ["--"] else options.command
     if not command:
         parser.error("give the program after `--`: gpubatch-worker --warm -- prog args...")
+    if options.lease:
+        if options.results is not None or options.tasks != "-":
+            parser.error("--lease gets its tasks from the operator: drop --tasks and --results")
+        return serve_leases(
+            command,
+            termination_log=options.termination_log,
+            grace_seconds=options.grace,
+            load_seconds_allowed=options.load_deadline,
+        )
+    if options.results is None:
+        parser.error("--results PATH is required (or --lease, in a warm pod on a cluster)")
 
     stop = StopRequest()
     for signum in (signal.SIGTERM, signal.SIGINT):
