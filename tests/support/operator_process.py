@@ -31,11 +31,14 @@ class OperatorProcess:
     #: Serve the lease endpoint of warm workers (False where extra_args bring their own flags).
     leases: bool = True
     lease_port: int = 0  # chosen at the first start and kept, so warm pods' URL stays valid
+    #: Where the lease endpoint listens and pods reach it (the real node's pod gateway for
+    #: warm pods in real containers).
+    lease_host: str = "127.0.0.1"
 
     @property
     def lease_url(self) -> str:
         """What warm pods are told (GPUBATCH_LEASE_URL)."""
-        return lease_url(self.lease_port)
+        return lease_url(self.lease_port, self.lease_host)
 
     @property
     def lease_ca(self) -> Path:
@@ -47,7 +50,8 @@ class OperatorProcess:
             return []
         if not self.lease_port:
             self.lease_port = free_port()
-        return lease_flags(self.testbed.certs, self.log_path.parent / "lease-pki", self.lease_port)
+        folder = self.log_path.parent / "lease-pki"
+        return lease_flags(self.testbed.certs, folder, self.lease_port, self.lease_host)
 
     def start(self) -> None:
         self.metrics_port = free_port()
