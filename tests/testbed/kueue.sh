@@ -7,7 +7,8 @@
 #
 # Usage: kueue.sh            build what is missing, print the folder on stdout (last line)
 #        kueue.sh --print    print the folder that would be used, build nothing
-# The folder holds `kueue` (the manager) and `crds/` (config/components/crd/bases of the module).
+# The folder holds `kueue` (the manager), `crds/` (config/components/crd/bases of the module) and
+# `webhooks.yaml` (config/components/webhook/manifests.yaml: which paths serve which objects).
 # Progress goes to stderr. Honours GPUBATCH_KUEUE (a folder that already holds both: used as is)
 # and GPUBATCH_CACHE (cache root, default ${XDG_CACHE_HOME:-~/.cache}/gpubatch).
 set -euo pipefail
@@ -17,7 +18,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/versions.env"
 
 log() { printf '[kueue %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-ready() { [[ -x "$1/kueue" && -f "$1/crds/kueue.x-k8s.io_clusterqueues.yaml" ]]; }
+ready() { [[ -x "$1/kueue" && -f "$1/crds/kueue.x-k8s.io_clusterqueues.yaml" && -f "$1/webhooks.yaml" ]]; }
 
 if [[ -n "${GPUBATCH_KUEUE:-}" ]] && ready "$GPUBATCH_KUEUE"; then echo "$GPUBATCH_KUEUE"; exit 0; fi
 
@@ -48,7 +49,8 @@ fi
 src=$(cd "$work" && go mod download -json "sigs.k8s.io/kueue@${KUEUE_VERSION}" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
 rm -rf "$dest/crds" && mkdir -p "$dest/crds"
 cp "$src"/config/components/crd/bases/kueue.x-k8s.io_*.yaml "$dest/crds/"
-chmod -R u+w "$dest/crds"
+cp "$src/config/components/webhook/manifests.yaml" "$dest/webhooks.yaml"
+chmod -R u+w "$dest/crds" "$dest/webhooks.yaml"
 ready "$dest" || { log "kueue or its CRDs are missing in $dest"; exit 1; }
 log "ready in $dest ($((SECONDS - start)) s this run)"
 echo "$dest"
