@@ -27,6 +27,7 @@ from gpubatch.api.names import (
     FINALIZER_TRACKING,
     GROUP,
     LABEL_BATCH_UID,
+    LABEL_KUEUE_QUEUE,
     MANAGED_BY_GPUBATCH,
     PLURAL,
     VERSION,
@@ -305,8 +306,11 @@ async def reconcile(
     node_labels: kopf.Index[str, NodeCapacity] = kwargs["node_labels"]
     operator = _operator(memo)
     reconciler = operator.connection.reconciler
+    # The queue label is read when the operator starts serving the batch (like Kueue, which
+    # lets a job change queues only before admission): an edit applies after a restart.
+    queue = ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_KUEUE_QUEUE)
     runtime = operator.runtimes.setdefault(
-        uid, BatchRuntime(ref=BatchRef(name, namespace or "default", uid))
+        uid, BatchRuntime(ref=BatchRef(name, namespace or "default", uid, queue=queue))
     )
 
     batch = KopfBatch(uid, body, task_pods, node_labels, stopped)
