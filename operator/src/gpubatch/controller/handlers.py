@@ -66,6 +66,8 @@ class Operator:
     api_concurrency: int = 32
     metrics_port: int | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    #: Kueue LocalQueue of batches that name none (--default-queue-name); None: not queued.
+    default_queue: str | None = None
     runtimes: dict[str, BatchRuntime] = field(default_factory=dict)
     #: Each running batch as its reconcile loop sees it (the lease handler finds pods there).
     batches: dict[str, KopfBatch] = field(default_factory=dict)
@@ -308,7 +310,8 @@ async def reconcile(
     reconciler = operator.connection.reconciler
     # The queue label is read when the operator starts serving the batch (like Kueue, which
     # lets a job change queues only before admission): an edit applies after a restart.
-    queue = ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_KUEUE_QUEUE)
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    queue = labels.get(LABEL_KUEUE_QUEUE) or operator.default_queue
     runtime = operator.runtimes.setdefault(
         uid, BatchRuntime(ref=BatchRef(name, namespace or "default", uid, queue=queue))
     )
