@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,3 +134,31 @@ def _workload_of(batches: Batches, pod: str) -> str:
         if any(o["kind"] == "Pod" and o["name"] == pod for o in owners):
             return str(item["metadata"]["name"])
     raise AssertionError(f"no Workload owned by pod {pod}")
+
+
+def test_the_default_queue_admits_a_batch_that_names_none(
+    testbed: Testbed,
+    namespace: str,
+    kueue: Kueue,
+    queue: Queue,
+    no_operator: None,
+    tmp_path: Path,
+):
+    """--default-queue-name (the chart's kueue.defaultQueueName): an operator of its own,
+    the session one paused, so only this one reconciles."""
+    operator = OperatorProcess(
+        testbed=testbed,
+        log_path=tmp_path / "operator.log",
+        extra_args=[f"--default-queue-name={queue.name}"],
+    )
+    operator.start()
+    try:
+        batches = Batches(testbed, namespace)
+        with PodMonitor(testbed, namespace) as monitor:
+            batches.create(batch("unlabelled", tasks={"range": {"stop": 8}}, duration="2s"))
+            batches.wait_condition("unlabelled", "Complete", timeout=120)
+    finally:
+        operator.stop()
+    # Unqueued, 8 tasks run at once on the test bed's 16 GPUs (the test above shows it).
+    assert monitor.max_running <= QUOTA
+    assert batches.status("unlabelled")["counts"]["succeeded"] == 8
