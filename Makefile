@@ -129,9 +129,19 @@ e2e-kind: venv ## the user's path on a kind cluster with real images (needs Dock
 # --- the test bed for people -----------------------------------------------------------------
 # REAL_NODE=1 adds one real node (containerd + kubelet on this machine, real containers; root).
 REAL_NODE ?=
+# KUEUE=N adds Kueue's manager with a queue `gpus` of N GPUs (docs/kueue.md).
+KUEUE ?=
 .PHONY: testbed-up
-testbed-up: venv-runtime testbin $(if $(REAL_NODE),realnode-packages) ## start the local control plane with fake GPU nodes (REAL_NODE=1: and a real one; prints export KUBECONFIG=...)
-	@PYTHONPATH=tests $(PY) -m testbed up $(if $(REAL_NODE),--real-node)
+testbed-up: venv-runtime testbin $(if $(REAL_NODE),realnode-packages) $(if $(KUEUE),kueue-bin) ## start the local control plane with fake GPU nodes (REAL_NODE=1: and a real one; KUEUE=N: and Kueue with an N-GPU queue; prints export KUBECONFIG=...)
+	@PYTHONPATH=tests $(PY) -m testbed up $(if $(REAL_NODE),--real-node) $(if $(KUEUE),--kueue $(KUEUE))
+
+.PHONY: kueue-up
+kueue-up: ## the test bed with Kueue's manager and a 4-GPU queue `gpus` (same as make testbed-up KUEUE=4)
+	@$(MAKE) --no-print-directory testbed-up KUEUE=$(or $(KUEUE),4)
+
+.PHONY: kueue-bin
+kueue-bin: ## build (once, cached per version) Kueue's manager from its Go module (tests/testbed/kueue.sh)
+	@tests/testbed/kueue.sh >/dev/null
 
 .PHONY: testbed-down
 testbed-down: venv-runtime ## stop the local test bed

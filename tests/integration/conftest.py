@@ -11,6 +11,7 @@ import pytest
 from support.crd import install_crd
 from support.operator_process import OperatorProcess
 from testbed import Testbed
+from testbed.kueue import Kueue
 from testbed.realnode.node import RealNode, unavailable_reason
 
 
@@ -51,6 +52,21 @@ def no_operator(request: pytest.FixtureRequest) -> Iterator[None]:
     if was_alive:
         assert process is not None
         process.start()
+
+
+@pytest.fixture(scope="session")
+def kueue(testbed: Testbed) -> Iterator[Kueue]:
+    """Kueue's real manager on the session test bed (built once by tests/testbed/kueue.sh).
+
+    Its pod webhook sees only pods labelled with a queue name, so other tests sharing the
+    test bed are untouched; stopping it unregisters the webhooks first."""
+    manager = Kueue(testbed)
+    seconds = manager.start()
+    print(f"\n[kueue] up in {seconds:.1f}s")
+    try:
+        yield manager
+    finally:
+        manager.stop()
 
 
 @pytest.fixture

@@ -458,6 +458,13 @@ CASES: Final[tuple[Case, ...]] = (
         },
         "cannot contain task placeholders such as {image}",
     ),
+    # --- managedBy -----------------------------------------------------------------------------
+    refused(
+        "managed-by-without-domain",
+        'managedBy "multikueue" (no domain prefix)',
+        {"managedBy": "multikueue"},
+        "managedBy must be a domain-prefixed path of at most 63 characters",
+    ),
     # --- GPUs ----------------------------------------------------------------------------------
     refused(
         "gpu-resource-empty",

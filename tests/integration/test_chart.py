@@ -243,6 +243,7 @@ def test_watch_namespaces_bind_the_role_in_each_namespace_and_only_nodes_cluster
 def test_deployment_flags_ports_and_storage_follow_the_values():
     values = {
         "operator": {"maxPending": 4, "apiConcurrency": 64, "extraArgs": ["--verbose"]},
+        "kueue": {"defaultQueueName": "team-a"},
         "storage": {
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "datasets"}}],
             "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
@@ -257,6 +258,7 @@ def test_deployment_flags_ports_and_storage_follow_the_values():
         "--liveness=http://0.0.0.0:8081/healthz",
         "--max-pending=4",
         "--api-concurrency=64",
+        "--default-queue-name=team-a",
         "--lease-port=8443",
         "--lease-cert=/etc/gpubatch/lease/tls.crt",
         "--lease-key=/etc/gpubatch/lease/tls.key",

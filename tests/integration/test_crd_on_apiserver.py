@@ -193,6 +193,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("dotdot output", {"outputs": ["/out/../etc/{shot}"]}, S.MSG_OUTPUT_DOTDOT),
     ("relative output", {"outputs": ["out/{shot}.npy"]}, S.MSG_OUTPUT_ABSOLUTE),
     ("relative root", {"outputRoot": "data/out"}, S.MSG_OUTPUT_ROOT),
+    ("managedBy without a domain", {"managedBy": "multikueue"}, S.MSG_MANAGED_BY),
+    ("managedBy too long", {"managedBy": "kueue.x-k8s.io/" + "m" * 60}, "may not be more than 63"),
     ("zero parallelism", {"parallelism": 0}, "should be greater than or equal to 1"),
     ("unknown order", {"order": {"by": "random"}}, 'supported values: "index", "longestFirst"'),
     (
@@ -339,3 +341,34 @@ def test_spec_edit_is_validated_like_a_create(bed: Testbed, namespace: str):
     result = apply(bed, namespace, edited, check=False)
     assert result.returncode != 0
     assert S.MSG_BACKOFF in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("kueue.x-k8s.io/multikueue", "gpubatch.io/operator"),
+        ("kueue.x-k8s.io/multikueue", None),
+        (None, "kueue.x-k8s.io/multikueue"),
+    ],
+    ids=["changed", "removed", "added"],
+)
+def test_managed_by_cannot_change_after_creation(
+    bed: Testbed, namespace: str, before: str | None, after: str | None
+):
+    obj = batch(**({"managedBy": before} if before else {}))
+    apply(bed, namespace, obj)
+    # A merge patch (null removes the field): no resourceVersion to race an operator's writes.
+    patch = json.dumps({"spec": {"managedBy": after}})
+    result = bed.kubectl(
+        "patch",
+        "gpubatch",
+        obj["metadata"]["name"],
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        patch,
+        check=False,
+    )
+    assert result.returncode != 0, f"{before} -> {after} accepted"
+    assert S.MSG_MANAGED_BY_IMMUTABLE in result.stderr, result.stderr

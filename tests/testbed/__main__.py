@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from testbed.controlplane import REPO, Testbed, TestbedConfig, env_with_kubeconfig
+from testbed.kueue import Kueue, Queue
 from testbed.leases import lease_flags, lease_url
 from testbed.nodes import GpuNodePool
 from testbed.processes import free_port
@@ -69,9 +70,27 @@ def cmd_up(args: argparse.Namespace) -> int:
             + ", ".join(image.ref for image in bed.real.images.all()),
             file=sys.stderr,
         )
+    if args.kueue is not None:
+        _start_kueue(bed, folder, args.kueue)
     print(f"export KUBECONFIG={bed.kubeconfig}")
     print(f"export PATH={bed.bin_dir}:$PATH")
     return 0
+
+
+def _start_kueue(bed: Testbed, folder: Path, gpus: int) -> None:
+    """Kueue's manager in the background, and a queue `gpus` (LocalQueue in `default`)."""
+    manager = Kueue(bed)
+    seconds = manager.start()
+    assert manager.component is not None and manager.component.pid is not None
+    (folder / "kueue.pid").write_text(str(manager.component.pid))
+    queue = Queue(name="gpus", gpus=gpus)
+    manager.create_queue(queue, "default")
+    print(
+        f"# kueue up in {seconds:.1f}s (log {folder / 'logs' / 'kueue.log'}): ClusterQueue and "
+        f"LocalQueue 'gpus' ({gpus} {queue.gpu_resource}) in namespace default; label a "
+        f"GPUBatch kueue.x-k8s.io/queue-name=gpus",
+        file=sys.stderr,
+    )
 
 
 DEMO_POOLS = [
@@ -81,7 +100,10 @@ DEMO_POOLS = [
 
 
 def _operator_alive(folder: Path) -> bool:
-    pid_file = folder / "operator.pid"
+    return _alive(folder / "operator.pid")
+
+
+def _alive(pid_file: Path) -> bool:
     if not pid_file.exists():
         return False
     try:
@@ -168,6 +190,8 @@ def cmd_down(_: argparse.Namespace) -> int:
     if _operator_alive(folder):
         os.kill(int((folder / "operator.pid").read_text()), signal.SIGTERM)
         time.sleep(1)
+    if _alive(folder / "kueue.pid"):
+        os.kill(int((folder / "kueue.pid").read_text()), signal.SIGTERM)
     Testbed.from_state(folder).destroy()
     print(f"# test bed stopped and {folder} removed", file=sys.stderr)
     return 0
@@ -206,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help="NAME:COUNT:GPUS[:MODEL] node pool (repeatable; overrides --nodes)",
+    )
+    up.add_argument(
+        "--kueue",
+        type=int,
+        metavar="GPUS",
+        help="also run Kueue's manager (built once by tests/testbed/kueue.sh) with a queue "
+        "'gpus' of this many GPUs",
     )
     up.add_argument(
         "--real-node",

@@ -20,6 +20,7 @@ from support.builders import (
     stuck,
     succeeded,
     unschedulable,
+    unscheduled,
 )
 
 pytestmark = pytest.mark.unit
@@ -78,6 +79,26 @@ def test_waiting_for_capacity_is_information_not_a_failure():
     assert "0/8 nodes are available" in message_of(result.status, ConditionType.TASKS_STUCK)
     assert condition_of(result.status, ConditionType.STALLED) == ("False", "NotStuck")
     assert result.events == [] and result.stop == []
+
+
+def test_pods_held_by_kueue_show_the_batch_queued_and_where_not_stalled():
+    gated = [unscheduled(i, awaiting_admission="team-a") for i in range(2)]
+    obs = an_observation(pods=[*gated, unschedulable(2)], nodes=[a_node(gpus=8)])
+    result = plan(obs)
+    assert condition_of(result.status, ConditionType.TASKS_STUCK) == (
+        "False",
+        "WaitingForAdmission",
+    )
+    message = message_of(result.status, ConditionType.TASKS_STUCK)
+    assert "2 task pods waiting for admission by Kueue in LocalQueue team-a" in message
+    assert condition_of(result.status, ConditionType.STALLED) == ("False", "NotStuck")
+    assert result.events == [] and result.stop == []
+
+
+def test_pods_held_by_kueue_count_against_max_pending():
+    gated = [unscheduled(i, awaiting_admission="team-a") for i in range(3)]
+    obs = an_observation(total=10, pods=gated, cursor=3, spec=a_spec(maxPending=3))
+    assert plan(obs).create == []
 
 
 def test_a_batch_that_never_got_stuck_carries_no_tasks_stuck_condition():

@@ -13,6 +13,7 @@ from gpubatch.api.names import (
     LABEL_ATTEMPT,
     LABEL_BATCH_NAME,
     LABEL_BATCH_UID,
+    LABEL_KUEUE_QUEUE,
     LABEL_TASK_INDEX,
 )
 from gpubatch.api.spec import GPUBatchSpec
@@ -33,9 +34,11 @@ from gpubatch.core.podspec import (
     KUBELET_DEADLINE_GRACE,
     MAX_NAME,
     BatchRef,
+    LeaseEndpoint,
     label_value,
     pod_name,
     render_pod,
+    render_warm_pod,
     task_selector,
 )
 from gpubatch.core.prepare import prepare_batch
@@ -429,3 +432,27 @@ def test_rendering_leaves_the_spec_untouched_and_pods_independent():
     assert first["spec"]["affinity"] is not second["spec"]["affinity"]
     assert env_of(task_container(first))[ENV_TASK_INDEX] == "1"
     assert env_of(task_container(second))[ENV_TASK_INDEX] == "2"
+
+
+# ------------------------------------------------------------------------------------ Kueue
+def test_the_batchs_queue_label_goes_on_every_task_pod_over_the_templates():
+    spec = a_spec(
+        template={
+            "metadata": {"labels": {LABEL_KUEUE_QUEUE: "from-template"}},
+            **a_template(),
+        }
+    )
+    ref = BatchRef(name=BATCH, namespace=NAMESPACE, uid=BATCH_UID, queue="team-a")
+    pod = render_pod(ref, spec, prepare_batch(spec).render(0), 0)
+    assert pod["metadata"]["labels"][LABEL_KUEUE_QUEUE] == "team-a"
+
+
+def test_the_queue_label_goes_on_every_warm_pod_too():
+    spec = a_spec(worker={"mode": "Warm"}, template=a_template(a_container(command=["serve"])))
+    ref = BatchRef(name=BATCH, namespace=NAMESPACE, uid=BATCH_UID, queue="team-a")
+    pod = render_warm_pod(ref, spec, 0, LeaseEndpoint("https://127.0.0.1:1/lease", "PEM"))
+    assert pod["metadata"]["labels"][LABEL_KUEUE_QUEUE] == "team-a"
+
+
+def test_a_batch_without_a_queue_adds_no_queue_label():
+    assert LABEL_KUEUE_QUEUE not in render()["metadata"]["labels"]

@@ -12,6 +12,7 @@ from gpubatch.api.names import (
     FINALIZER_TRACKING,
     LABEL_ATTEMPT,
     LABEL_BATCH_UID,
+    LABEL_KUEUE_QUEUE,
     LABEL_TASK_INDEX,
 )
 from gpubatch.core.podview import PodView, pod_view
@@ -242,3 +243,33 @@ def test_outcome_is_read_from_the_annotated_task_container_not_the_first():
     }
     view = pod_view(pod)
     assert view is not None and view.exit_code == 7
+
+
+def test_kueues_termination_target_on_a_preempted_pod_is_a_disruption():
+    condition = {"type": "TerminationTarget", "status": "True", "reason": "Preempted"}
+    pod = view(phase="Running", deleting=True, conditions=[condition])
+    assert pod.disruption == "Preempted"
+
+
+# ------------------------------------------------------------------------------ Kueue gates
+def _gated(queue: str | None, gate: str = "kueue.x-k8s.io/admission") -> PodView:
+    labels = {LABEL_BATCH_UID: BATCH_UID, LABEL_TASK_INDEX: "0", LABEL_ATTEMPT: "0"}
+    if queue is not None:
+        labels[LABEL_KUEUE_QUEUE] = queue
+    obj = a_pod_object(phase="Pending", node=None, start_time=None, labels=labels)
+    obj["spec"]["schedulingGates"] = [{"name": gate}]
+    result = pod_view(obj)
+    assert result is not None
+    return result
+
+
+def test_a_pod_behind_kueues_admission_gate_awaits_admission_in_its_queue():
+    assert _gated("team-a").awaiting_admission == "team-a"
+
+
+def test_another_scheduling_gate_is_not_kueue_admission():
+    assert _gated("team-a", gate="example.com/other").awaiting_admission is None
+
+
+def test_an_ungated_pod_awaits_no_admission():
+    assert view(phase="Pending", node=None).awaiting_admission is None

@@ -17,6 +17,7 @@ from support.builders import (
     running,
     stuck,
     unschedulable,
+    unscheduled,
 )
 
 pytestmark = pytest.mark.unit
@@ -138,3 +139,10 @@ def test_spec_stuck_defaults_and_bounds():
         a_spec(stuck={"giveUpSeconds": 5})
     with pytest.raises(ValidationError, match="maxAttempts"):
         a_spec(stuck={"maxAttempts": 0})
+
+
+def test_a_pod_held_by_kueues_admission_gate_waits_for_admission_not_capacity():
+    found = diagnose(unscheduled(awaiting_admission="team-a"), a_spec(), nodes=[])
+    assert found is not None and not found.config
+    assert found.reason == "WaitingForAdmission"
+    assert "LocalQueue team-a" in found.message

@@ -36,3 +36,12 @@ ANNOTATION_STOP_REASON: Final = f"{PREFIX}stop-reason"
 # Names the task container on every task pod, so whoever reads the pod's outcome (the operator's
 # pod index, which never sees the batch spec) reads the right container's exit code and result.
 ANNOTATION_TASK_CONTAINER: Final = f"{PREFIX}task-container"
+
+# spec.managedBy: the controller that runs a batch. Unset or this value: the gpubatch operator.
+# Any other value (e.g. Kueue's MultiKueue, which mirrors the batch to a worker cluster) and
+# the operator leaves the batch alone: no pods, no status, no events, no finalizer.
+MANAGED_BY_GPUBATCH: Final = f"{GROUP}/operator"
+
+# Kueue's queue label: on a GPUBatch it names the LocalQueue; the operator copies it onto every
+# task pod and warm pod, whose admission Kueue's plain-pod integration then gates.
+LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"

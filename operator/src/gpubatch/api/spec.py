@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from gpubatch.api.names import DEFAULT_GPU_MODEL_LABEL, DEFAULT_GPU_RESOURCE
+from gpubatch.api.names import DEFAULT_GPU_MODEL_LABEL, DEFAULT_GPU_RESOURCE, MANAGED_BY_GPUBATCH
 from gpubatch.api.status import GPUBatchStatus
 
 # --------------------------------------------------------------------------------------- limits
@@ -129,12 +129,21 @@ MSG_GPU_RESOURCE: Final = (
     "gpuResource must be an extended resource name with a vendor domain, such as "
     "nvidia.com/gpu or nvidia.com/mig-1g.10gb (not cpu, memory or a kubernetes.io/ resource)"
 )
-#: A domain-prefixed extended resource name (what device plugins advertise).
+#: A domain-prefixed name: an extended resource (what device plugins advertise), or managedBy.
 GPU_RESOURCE_PATTERN: Final = (
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
     r"/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
 _GPU_RESOURCE_RE: Final = re.compile(GPU_RESOURCE_PATTERN)
+MSG_MANAGED_BY: Final = (
+    "managedBy must be a domain-prefixed path of at most 63 characters, such as "
+    "gpubatch.io/operator (the default) or kueue.x-k8s.io/multikueue"
+)
+MSG_MANAGED_BY_IMMUTABLE: Final = (
+    "managedBy cannot be set, changed or removed after the batch is created: delete and "
+    "re-create the batch to hand it to another controller"
+)
+MAX_MANAGED_BY_LENGTH: Final = 63
 MSG_MANIFEST_FORMAT: Final = (
     "set manifest.format (jsonl or csv): it cannot be inferred from the path's extension"
 )
@@ -188,8 +197,14 @@ VALIDATION_MESSAGES: Final = frozenset(
         MSG_RANGE_TOO_LARGE,
         MSG_MATRIX_TOO_LARGE,
         MSG_WRAP_NEEDS_COMMAND,
+        MSG_MANAGED_BY,
+        MSG_MANAGED_BY_IMMUTABLE,
     }
 )
+
+#: Messages of CEL transition rules: they compare an update with the stored object, so no spec
+#: on its own can show them (the API server test edits a stored batch instead).
+TRANSITION_MESSAGES: Final = frozenset({MSG_MANAGED_BY_IMMUTABLE})
 
 # --------------------------------------------------------------------------- CEL rules (CRD)
 # The API server's copy of the validators below, attached to the models (`json_schema_extra`)
@@ -946,6 +961,14 @@ class GPUBatchSpec(_SpecModel):
                 MSG_WRAP_NEEDS_COMMAND,
                 ".template",
             ),
+            # A transition rule (it reads oldSelf): the API server checks it on updates only.
+            # On the spec rather than the field, so adding or removing managedBy is refused too.
+            cel(
+                "has(self.managedBy) == has(oldSelf.managedBy) && "
+                "(!has(self.managedBy) || self.managedBy == oldSelf.managedBy)",
+                MSG_MANAGED_BY_IMMUTABLE,
+                ".managedBy",
+            ),
         )
     )
 
@@ -1099,6 +1122,21 @@ class GPUBatchSpec(_SpecModel):
         description="Name of the container that runs the task (gets the GPU and the rendered "
         "command). Unset: the first container.",
     )
+    managed_by: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_MANAGED_BY_LENGTH,
+        json_schema_extra=validations(
+            cel(
+                "self.matches('" + GPU_RESOURCE_PATTERN.replace("\\", "\\\\") + "')",
+                MSG_MANAGED_BY,
+            )
+        ),
+        description="The controller that runs this batch, like a Job's managedBy. Unset or "
+        f"{MANAGED_BY_GPUBATCH}: the gpubatch operator. Any other value (e.g. "
+        "kueue.x-k8s.io/multikueue): the gpubatch operator leaves the batch alone (no pods, "
+        "no status, no finalizer) for that controller. Cannot change after creation.",
+    )
     template: PodTemplate = Field(
         description="The task pod template, like a Job's. command, args and env values of the "
         "task container may use placeholders."
@@ -1110,6 +1148,17 @@ class GPUBatchSpec(_SpecModel):
         if not _GPU_RESOURCE_RE.match(resource) or resource.split("/")[0].endswith("kubernetes.io"):
             raise ValueError(f"{resource!r}: {MSG_GPU_RESOURCE}")
         return resource
+
+    @field_validator("managed_by")
+    @classmethod
+    def _managed_by_form(cls, manager: str | None) -> str | None:
+        if manager is not None and not _GPU_RESOURCE_RE.match(manager):
+            raise ValueError(f"{manager!r}: {MSG_MANAGED_BY}")
+        return manager
+
+    def managed_by_gpubatch(self) -> bool:
+        """Whether the gpubatch operator runs this batch (managedBy unset or gpubatch's own)."""
+        return self.managed_by in (None, MANAGED_BY_GPUBATCH)
 
     @field_validator("outputs")
     @classmethod

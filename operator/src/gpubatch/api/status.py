@@ -43,7 +43,8 @@ class ConditionType(StrEnum):
     FAILED = "Failed"
     SUSPENDED = "Suspended"
     #: Task pods are stuck before Running on a configuration error (True), or only wait for
-    #: capacity (False, reason WaitingForCapacity). Set once a pod has been stuck or waiting.
+    #: capacity (False, reason WaitingForCapacity) or for Kueue's admission (False, reason
+    #: WaitingForAdmission, naming the queue). Set once a pod has been stuck or waiting.
     TASKS_STUCK = "TasksStuck"
     #: kstatus's generic conditions: Reconciling True while the batch works toward its end,
     #: Stalled True while it cannot (Failed, or stuck on a configuration error).
@@ -65,6 +66,7 @@ class Reason(StrEnum):
     TASK_LIST_CHANGED = "TaskListChanged"
     TASKS_STUCK = "TasksStuck"
     WAITING_FOR_CAPACITY = "WaitingForCapacity"
+    WAITING_FOR_ADMISSION = "WaitingForAdmission"  # Kueue's quota holds task pods back
     NOT_STUCK = "NotStuck"
     FINISHED = "Finished"
 

@@ -23,7 +23,15 @@ from typing import Any
 import kopf
 
 from gpubatch.api.lease import LeaseRequest, LeaseResponse
-from gpubatch.api.names import FINALIZER_TRACKING, GROUP, LABEL_BATCH_UID, PLURAL, VERSION
+from gpubatch.api.names import (
+    FINALIZER_TRACKING,
+    GROUP,
+    LABEL_BATCH_UID,
+    LABEL_KUEUE_QUEUE,
+    MANAGED_BY_GPUBATCH,
+    PLURAL,
+    VERSION,
+)
 from gpubatch.controller.leaseserver import LeaseHandler, LeaseServer, LeaseSettings, PodIdentity
 from gpubatch.controller.metrics import Metrics
 from gpubatch.controller.reconcile import BatchRuntime, Reconciler
@@ -58,6 +66,8 @@ class Operator:
     api_concurrency: int = 32
     metrics_port: int | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    #: Kueue LocalQueue of batches that name none (--default-queue-name); None: not queued.
+    default_queue: str | None = None
     runtimes: dict[str, BatchRuntime] = field(default_factory=dict)
     #: Each running batch as its reconcile loop sees it (the lease handler finds pods there).
     batches: dict[str, KopfBatch] = field(default_factory=dict)
@@ -257,7 +267,19 @@ async def node_labels(
     return {name: NodeCapacity(name, dict(labels), allocatable)}
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL, id="wake_on_batch_change")
+def managed_here(spec: kopf.Spec, **_: Any) -> bool:
+    """kopf's `when=` filter on every GPUBatch handler: spec.managedBy unset or gpubatch's own.
+
+    A batch managed elsewhere (MultiKueue mirrors it to a worker cluster) must see no write from
+    this operator at all. kopf adds its `cleanup` finalizer only when a handler that needs one
+    matches the object, and `when=` is part of that match, so filtering each handler here (not
+    returning early inside them) keeps the finalizer, the daemon and its status writes away.
+    managedBy is immutable (a CEL transition rule), so a batch never moves in or out mid-run.
+    """
+    return spec.get("managedBy") in (None, MANAGED_BY_GPUBATCH)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, id="wake_on_batch_change", when=managed_here)
 async def wake_on_batch_change(uid: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     """A spec edit (suspend, parallelism, ...) must act now, not at the next pod event.
 
@@ -271,7 +293,7 @@ async def wake_on_batch_change(uid: str, body: kopf.Body, memo: Any, **_: Any) -
         runtime.wake()
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=1.0)
+@kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=1.0, when=managed_here)
 async def reconcile(
     body: kopf.Body,
     name: str,
@@ -286,8 +308,12 @@ async def reconcile(
     node_labels: kopf.Index[str, NodeCapacity] = kwargs["node_labels"]
     operator = _operator(memo)
     reconciler = operator.connection.reconciler
+    # The queue label is read when the operator starts serving the batch (like Kueue, which
+    # lets a job change queues only before admission): an edit applies after a restart.
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    queue = labels.get(LABEL_KUEUE_QUEUE) or operator.default_queue
     runtime = operator.runtimes.setdefault(
-        uid, BatchRuntime(ref=BatchRef(name, namespace or "default", uid))
+        uid, BatchRuntime(ref=BatchRef(name, namespace or "default", uid, queue=queue))
     )
 
     batch = KopfBatch(uid, body, task_pods, node_labels, stopped)
@@ -335,7 +361,7 @@ class KopfBatch:
         return self.stop_flag.is_set()
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, id="release_pods")
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="release_pods", when=managed_here)
 async def release_pods(namespace: str | None, uid: str, memo: Any, **_: Any) -> None:
     """Drop the tracking finalizer from every task pod; garbage collection then removes them."""
     operator = _operator(memo)

@@ -43,6 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="concurrent API requests of the operator's pod client (default 32)",
     )
     parser.add_argument(
+        "--default-queue-name",
+        default=None,
+        help="Kueue LocalQueue for batches without a kueue.x-k8s.io/queue-name label (their "
+        "pods get this label, so Kueue admits them); unset: such batches are not queued",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=8080,
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         api_concurrency=args.api_concurrency,
         metrics_port=args.metrics_port or None,
         lease=args.lease,
+        default_queue=args.default_queue_name or None,
     )
     kopf.configure(verbose=args.verbose)
     if not args.verbose:

@@ -72,7 +72,13 @@ from gpubatch.core.outcome import (
     classify,
 )
 from gpubatch.core.podview import PodView
-from gpubatch.core.stuck import Diagnosis, NodeCapacity, diagnose, same_error
+from gpubatch.core.stuck import (
+    WAITING_FOR_ADMISSION,
+    Diagnosis,
+    NodeCapacity,
+    diagnose,
+    same_error,
+)
 
 #: Stop reason of an attempt given up stuck before Running: this prefix, then the waiting reason.
 STOP_STUCK: Final = "Stuck:"
@@ -880,16 +886,33 @@ def report_stuck_tasks(step: _Pass) -> None:
         reason = status.stuck.reason if status.stuck and status.stuck.reason else "TasksStuck"
         step.set_condition(ConditionType.TASKS_STUCK, "True", reason, step.failure[1])
     elif waiting and step.failure is None:
-        first = waiting[0]
+        _report_waiting(step, waiting)
+    elif previous is not None:
+        step.set_condition(ConditionType.TASKS_STUCK, "False", Reason.NOT_STUCK, "")
+
+
+def _report_waiting(step: _Pass, waiting: list[Diagnosis]) -> None:
+    """TasksStuck False: pods held by Kueue's quota (WaitingForAdmission, naming the queue)
+    come first, since the scheduler never sees them; else pods waiting for a node."""
+    gated = [found for found in waiting if found.reason == WAITING_FOR_ADMISSION]
+    if gated:
+        queue = gated[0].pod.awaiting_admission or "(no queue label)"
         step.set_condition(
             ConditionType.TASKS_STUCK,
             "False",
-            Reason.WAITING_FOR_CAPACITY,
-            f"{_pods(len(waiting))} waiting for capacity (normal queueing); the scheduler "
-            f"says: {first.detail}; {first.fix}",
+            Reason.WAITING_FOR_ADMISSION,
+            f"{_pods(len(gated))} waiting for admission by Kueue in LocalQueue {queue} "
+            f"(normal queueing): {gated[0].fix}",
         )
-    elif previous is not None:
-        step.set_condition(ConditionType.TASKS_STUCK, "False", Reason.NOT_STUCK, "")
+        return
+    first = waiting[0]
+    step.set_condition(
+        ConditionType.TASKS_STUCK,
+        "False",
+        Reason.WAITING_FOR_CAPACITY,
+        f"{_pods(len(waiting))} waiting for capacity (normal queueing); the scheduler "
+        f"says: {first.detail}; {first.fix}",
+    )
 
 
 def _pods(count: int) -> str:

@@ -35,6 +35,7 @@ from gpubatch.api.names import (
     LABEL_ATTEMPT,
     LABEL_BATCH_NAME,
     LABEL_BATCH_UID,
+    LABEL_KUEUE_QUEUE,
     LABEL_TASK_INDEX,
 )
 from gpubatch.api.spec import GPUBatchSpec
@@ -60,6 +61,9 @@ class BatchRef:
     uid: str
     api_version: str = "gpubatch.io/v1alpha1"
     kind: str = "GPUBatch"
+    #: The Kueue LocalQueue named by the batch's kueue.x-k8s.io/queue-name label: every pod of
+    #: the batch (task and warm) carries it, so Kueue gates each until its quota admits it.
+    queue: str | None = None
 
 
 def pod_name(batch: str, index: int, attempt: int) -> str:
@@ -235,6 +239,8 @@ def _manifest(
         LABEL_BATCH_UID: batch.uid,
         **own_labels,
     }
+    if batch.queue is not None:  # the batch's label wins over one in the pod template
+        labels[LABEL_KUEUE_QUEUE] = batch.queue
     return {
         "apiVersion": "v1",
         "kind": "Pod",

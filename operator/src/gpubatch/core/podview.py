@@ -16,10 +16,16 @@ from gpubatch.api.names import (
     FINALIZER_TRACKING,
     LABEL_ATTEMPT,
     LABEL_BATCH_UID,
+    LABEL_KUEUE_QUEUE,
     LABEL_TASK_INDEX,
 )
 
 TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
+#: Pod conditions that mark a pod as disrupted: Kubernetes' own (preemption, eviction, node
+#: loss) and Kueue's, which it sets on a plain pod it evicts or preempts before deleting it.
+DISRUPTION_CONDITIONS: Final = frozenset({"DisruptionTarget", "TerminationTarget"})
+#: The scheduling gate Kueue's pod webhook puts on each pod until its workload is admitted.
+KUEUE_ADMISSION_GATE: Final = "kueue.x-k8s.io/admission"
 #: Pod status reasons that mean the pod was taken away, not that the task failed.
 DISRUPTION_REASONS: Final = frozenset(
     {
@@ -72,6 +78,9 @@ class PodView:
     waiting_message: str = ""
     #: The scheduler's PodScheduled=False message of an unschedulable pod, None otherwise.
     unschedulable: str | None = None
+    #: The Kueue LocalQueue a pod waits on while Kueue's admission gate holds it back from the
+    #: scheduler (PodScheduled False, reason SchedulingGated); None when not gated by Kueue.
+    awaiting_admission: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -132,7 +141,7 @@ def pod_state(
 
     disruption, unschedulable = None, None
     for condition in status.get("conditions") or []:
-        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+        if condition.get("type") in DISRUPTION_CONDITIONS and condition.get("status") == "True":
             disruption = str(condition.get("reason") or "Disrupted")
         if (
             condition.get("type") == "PodScheduled"
@@ -170,7 +179,17 @@ def pod_state(
         waiting_reason=str(waiting.get("reason")) if waiting.get("reason") else None,
         waiting_message=str(waiting.get("message") or ""),
         unschedulable=unschedulable,
+        awaiting_admission=_awaiting_admission(metadata, spec),
     )
+
+
+def _awaiting_admission(metadata: dict[str, Any], spec: dict[str, Any]) -> str | None:
+    """The queue a pod waits on while Kueue's admission gate is on it (Kueue removes the gate
+    when the pod's workload is admitted, and the scheduler then sees the pod)."""
+    gates = {gate.get("name") for gate in spec.get("schedulingGates") or []}
+    if KUEUE_ADMISSION_GATE not in gates:
+        return None
+    return str(((metadata.get("labels") or {}).get(LABEL_KUEUE_QUEUE)) or "")
 
 
 def _waiting(task: dict[str, Any], others: list[dict[str, Any]]) -> dict[str, Any]:

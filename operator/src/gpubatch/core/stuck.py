@@ -6,7 +6,8 @@ errors of the batch (every task pod is rendered from the same template), not tas
 the planner reports them, stops dispatching, and gives the attempt up without counting it.
 
 A pod the scheduler cannot place *now*, while some node could hold it once it frees up, is
-normal queueing: reported as information (WaitingForCapacity), never as a failure.
+normal queueing: reported as information (WaitingForCapacity), never as a failure. So is a pod
+that Kueue's admission gate holds back until its queue's quota admits it (WaitingForAdmission).
 
 What the pod alone cannot show: a volume that cannot mount (FailedMount) leaves the container
 waiting as ContainerCreating, exactly like a slow image pull; only the pod's Events say which.
@@ -43,6 +44,8 @@ CONFIG_ERRORS: Final[Mapping[str, str]] = {
     "command, volumeMounts and securityContext in spec.template",
 }
 UNSCHEDULABLE: Final = "Unschedulable"
+#: Kueue's admission gate holds the pod back from the scheduler until its quota admits it.
+WAITING_FOR_ADMISSION: Final = "WaitingForAdmission"
 _UNFIT_FIX: Final = (
     "change spec.gpuModels, spec.gpusPerTask or spec.gpuResource to what the cluster's "
     "nodes offer, or add such a node"
@@ -124,6 +127,10 @@ def diagnose(
     reason = pod.waiting_reason
     if reason is not None and reason in CONFIG_ERRORS:
         return Diagnosis(pod, reason, pod.waiting_message, CONFIG_ERRORS[reason], config=True)
+    if pod.awaiting_admission is not None and not pod.scheduled:
+        queue = pod.awaiting_admission or "(no queue label)"
+        fix = f"Kueue admits it when LocalQueue {queue} has quota for it"
+        return Diagnosis(pod, WAITING_FOR_ADMISSION, "", fix, config=False)
     if pod.unschedulable is None or pod.scheduled:
         return None
     if nodes is not None and not fitting_nodes(spec, nodes):
@@ -136,6 +143,7 @@ def diagnose(
 __all__ = [
     "CONFIG_ERRORS",
     "UNSCHEDULABLE",
+    "WAITING_FOR_ADMISSION",
     "Diagnosis",
     "NodeCapacity",
     "diagnose",

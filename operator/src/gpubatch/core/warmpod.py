@@ -120,6 +120,7 @@ def _attempt(warm: WarmPodView, key: tuple[int, int], **changes: Any) -> PodView
         "waiting_reason": None,
         "waiting_message": "",
         "unschedulable": None,
+        "awaiting_admission": None,
     }
     fields.update(changes)
     return dataclasses.replace(base, **fields)
