@@ -15,9 +15,7 @@ def lease_url(port: int, host: str = "127.0.0.1") -> str:
     return f"https://{host}:{port}{LEASE_PATH}"
 
 
-def lease_flags(
-    certs: CertPaths, folder: Path, port: int, host: str = "127.0.0.1"
-) -> list[str]:
+def lease_flags(certs: CertPaths, folder: Path, port: int, host: str = "127.0.0.1") -> list[str]:
     """The operator's --lease-* flags on `host`:`port`, with a certificate for that address,
     127.0.0.1 and localhost made once in `folder` per address; pods verify it with the test
     bed's CA (`certs.ca_cert`)."""

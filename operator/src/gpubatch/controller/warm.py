@@ -171,7 +171,9 @@ def observe_warm(
     limits = FleetLimits(
         total=total,
         parallelism=spec.parallelism,
-        max_pending=spec.max_pending or max_pending,
+        # Warm pods are few and long-lived (at most parallelism): unless the batch caps them,
+        # all may wait for nodes at once, so the whole fleet starts together.
+        max_pending=spec.max_pending or max(max_pending, spec.parallelism or 0),
         max_creates=max_creates,
         suspended=spec.suspend,
         keep_failed=spec.pod_cleanup.failed == "Keep",
