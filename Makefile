@@ -94,7 +94,7 @@ realnode: venv testbin realnode-images ## tests on a real node: real containers 
 	$(PYTEST) -m realnode -q
 
 .PHONY: test
-test: venv testbin lint realnode-images ## everything CI runs: lint, unit, integration, real-node and benchmark-smoke tests
+test: venv testbin kueue-bin lint realnode-images ## everything CI runs: lint, unit, integration, real-node and benchmark-smoke tests
 	$(PYTEST) -m "unit or process or fakeclient or integration or bench or realnode" -q --durations=15
 
 # --- benchmarks and chaos (results: tests/bench/results/, quoted in BENCHMARKS.md) ----------
