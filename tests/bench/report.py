@@ -201,6 +201,8 @@ def render() -> str:
         parts.append(_warm_local_section(r))
     if (r := _load("warm")) is not None:
         parts.append(_warm_cluster_section(r))
+    if (r := _load("kueue-admission")) is not None:
+        parts.append(_kueue_section(r))
     chaos = sorted(RESULTS.glob("chaos-*.json"))
     if chaos:
         parts.append("\n### Chaos\n")
@@ -349,6 +351,31 @@ def _warm_cluster_section(r: dict[str, Any]) -> str:
                         r["warm_exact"] and r["warm_rate_exact"],
                         "True",
                     ),
+                ]
+            ),
+        ]
+    )
+
+
+def _kueue_section(r: dict[str, Any]) -> str:
+    """Issue 18: admission latency through Kueue's plain-pod integration, and quota exhaustion."""
+    without, with_kueue, full = r["without_kueue"], r["with_kueue"], r["quota_exhaustion"]
+    return "\n".join(
+        [
+            f"\n### 10. Kueue admission: {with_kueue['pods']} task pods with and without Kueue; "
+            f"{full['tasks']} tasks through a {full['quota_gpus']}-GPU queue\n",
+            _table(
+                [
+                    ("pod seen -> bound, p50 ms, scheduler alone", without["p50_ms"], ""),
+                    ("pod seen -> bound, p50 ms, through Kueue", with_kueue["p50_ms"], ""),
+                    ("pod seen -> bound, p95 ms, scheduler alone", without["p95_ms"], ""),
+                    ("pod seen -> bound, p95 ms, through Kueue", with_kueue["p95_ms"], ""),
+                    ("most task pods running at once (quota)", full["max_running"], ""),
+                    ("most task pods gated at once (maxPending)", full["max_unscheduled"], ""),
+                    ("quota violations seen", len(full["violations"]), "0"),
+                    ("tasks succeeded", full["succeeded"], str(full["tasks"])),
+                    ("seconds to finish", full["seconds"], ""),
+                    ("lower bound (tasks x duration / quota), seconds", full["lower_bound_seconds"], ""),
                 ]
             ),
         ]
