@@ -375,7 +375,11 @@ def _kueue_section(r: dict[str, Any]) -> str:
                     ("quota violations seen", len(full["violations"]), "0"),
                     ("tasks succeeded", full["succeeded"], str(full["tasks"])),
                     ("seconds to finish", full["seconds"], ""),
-                    ("lower bound (tasks x duration / quota), seconds", full["lower_bound_seconds"], ""),
+                    (
+                        "lower bound (tasks x duration / quota), seconds",
+                        full["lower_bound_seconds"],
+                        "",
+                    ),
                 ]
             ),
         ]

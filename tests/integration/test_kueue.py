@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from gpubatch.api.names import LABEL_KUEUE_QUEUE
-from support.batches import Batches, PodMonitor, batch
+from support.batches import Batches, PodMonitor, batch, warm_batch
 from support.operator_process import OperatorProcess
 from support.waiting import wait_for
 from testbed import Testbed
 from testbed.kueue import ADMISSION_GATE, Kueue, Queue
+from testbed.warmsim import WarmFleet
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +68,33 @@ def test_a_batch_larger_than_its_quota_never_runs_more_than_the_quota(
     assert len(monitor.created) == tasks  # admission waits are not attempts
     stalled = batches.condition("quota", "Stalled")
     assert stalled is not None and stalled["status"] == "False"
+
+
+def test_warm_pods_are_admitted_by_kueue_and_never_exceed_the_quota(batches: Batches, queue: Queue):
+    """Warm pods hold their GPU while they lease tasks, so Kueue admits the pods, not tasks:
+    with parallelism above the quota, the pods past it wait gated and the batch still ends."""
+    body = warm_batch("warmq", tasks={"range": {"stop": 30}}, parallelism=2 * QUOTA)
+    body["metadata"]["labels"] = {LABEL_KUEUE_QUEUE: queue.name}
+    with (
+        WarmFleet(batches.testbed) as fleet,
+        PodMonitor(batches.testbed, batches.namespace) as monitor,
+    ):
+        batches.create(body)
+        waiting = batches.wait_until(
+            "warmq",
+            lambda obj: any(
+                c["type"] == "TasksStuck" and c["reason"] == "WaitingForAdmission"
+                for c in (obj.get("status") or {}).get("conditions") or []
+            ),
+            what="the warm batch shown waiting for admission",
+            timeout=60,
+        )
+        batches.wait_condition("warmq", "Complete", timeout=180)
+        uid = waiting["metadata"]["uid"]
+        assert fleet.log.acknowledged_successes(uid) == dict.fromkeys(range(30), 1)
+        assert fleet.log.concurrent_runs(uid) == []
+    assert batches.status("warmq")["counts"]["succeeded"] == 30
+    assert 0 < monitor.max_warm_running <= QUOTA
 
 
 def test_a_batch_without_a_queue_label_is_not_gated(batches: Batches, queue: Queue):

@@ -11,6 +11,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from gpubatch.api.lease import LABEL_WARM_SLOT
 from gpubatch.api.names import FINALIZER_TRACKING, GROUP, LABEL_TASK_INDEX, PLURAL, VERSION
 from support.podwatch import PodEvents
 from support.waiting import wait_for
@@ -180,6 +181,8 @@ class PodMonitor:
         self.violations: list[str] = []
         self.max_running = 0
         self.max_unscheduled = 0
+        self.warm_running: set[str] = set()  # warm pods Running now
+        self.max_warm_running = 0
         self.created: set[str] = set()
         self.created_order: list[str] = []  # first-seen order of task pods
         self._running = 0
@@ -205,6 +208,9 @@ class PodMonitor:
         metadata = pod["metadata"]
         name = metadata["name"]
         labels = metadata.get("labels") or {}
+        if LABEL_WARM_SLOT in labels:
+            self._on_warm(kind, pod)
+            return
         if LABEL_TASK_INDEX not in labels:
             return
         if name not in self.created:
@@ -225,6 +231,16 @@ class PodMonitor:
                 self.violations.append(f"task {task} has {alive} alive at once")
         self.max_running = max(self.max_running, self._running)
         self.max_unscheduled = max(self.max_unscheduled, self._unscheduled)
+
+    def _on_warm(self, kind: str, pod: dict[str, Any]) -> None:
+        """Warm pods hold no task of their own: only how many run at once is kept."""
+        name = pod["metadata"]["name"]
+        running = kind != "DELETED" and (pod.get("status") or {}).get("phase") == "Running"
+        if running:
+            self.warm_running.add(name)
+        else:
+            self.warm_running.discard(name)
+        self.max_warm_running = max(self.max_warm_running, len(self.warm_running))
 
 
 def pods_with_finalizer(batches: Batches) -> list[str]:
