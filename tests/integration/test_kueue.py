@@ -43,21 +43,26 @@ def queued(name: str, queue: Queue, **spec: Any) -> dict[str, Any]:
     return body
 
 
+def wait_for_admission(batches: Batches, name: str) -> dict[str, Any]:
+    """Wait until batch `name` shows TasksStuck=False/WaitingForAdmission; return the batch."""
+    return batches.wait_until(
+        name,
+        lambda obj: any(
+            c["type"] == "TasksStuck" and c["reason"] == "WaitingForAdmission"
+            for c in (obj.get("status") or {}).get("conditions") or []
+        ),
+        what="the batch shown waiting for admission",
+        timeout=60,
+    )
+
+
 def test_a_batch_larger_than_its_quota_never_runs_more_than_the_quota(
     batches: Batches, queue: Queue
 ):
     tasks = 4 * QUOTA
     with PodMonitor(batches.testbed, batches.namespace) as monitor:
         batches.create(queued("quota", queue, tasks={"range": {"stop": tasks}}, duration="2s"))
-        waiting = batches.wait_until(
-            "quota",
-            lambda obj: any(
-                c["type"] == "TasksStuck" and c["reason"] == "WaitingForAdmission"
-                for c in (obj.get("status") or {}).get("conditions") or []
-            ),
-            what="the batch shown waiting for admission",
-            timeout=60,
-        )
+        waiting = wait_for_admission(batches, "quota")
         batches.wait_condition("quota", "Complete", timeout=180)
     conditions = waiting["status"]["conditions"]
     message = next(c for c in conditions if c["type"] == "TasksStuck")["message"]
@@ -80,15 +85,7 @@ def test_warm_pods_are_admitted_by_kueue_and_never_exceed_the_quota(batches: Bat
         PodMonitor(batches.testbed, batches.namespace) as monitor,
     ):
         batches.create(body)
-        waiting = batches.wait_until(
-            "warmq",
-            lambda obj: any(
-                c["type"] == "TasksStuck" and c["reason"] == "WaitingForAdmission"
-                for c in (obj.get("status") or {}).get("conditions") or []
-            ),
-            what="the warm batch shown waiting for admission",
-            timeout=60,
-        )
+        waiting = wait_for_admission(batches, "warmq")
         batches.wait_condition("warmq", "Complete", timeout=180)
         uid = waiting["metadata"]["uid"]
         assert fleet.log.acknowledged_successes(uid) == dict.fromkeys(range(30), 1)
