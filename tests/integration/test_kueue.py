@@ -86,7 +86,7 @@ def test_warm_pods_are_admitted_by_kueue_and_never_exceed_the_quota(batches: Bat
     ):
         batches.create(body)
         waiting = wait_for_admission(batches, "warmq")
-        batches.wait_condition("warmq", "Complete", timeout=180)
+        batches.wait_condition("warmq", "Complete", timeout=300)
         uid = waiting["metadata"]["uid"]
         assert fleet.log.acknowledged_successes(uid) == dict.fromkeys(range(30), 1)
         assert fleet.log.concurrent_runs(uid) == []

@@ -233,9 +233,12 @@ class PodMonitor:
         self.max_unscheduled = max(self.max_unscheduled, self._unscheduled)
 
     def _on_warm(self, kind: str, pod: dict[str, Any]) -> None:
-        """Warm pods hold no task of their own: only how many run at once is kept."""
+        """Warm pods hold no task of their own: only how many run at once is kept (a pod being
+        deleted is on its way out, whatever quota it held is being given back)."""
         name = pod["metadata"]["name"]
-        running = kind != "DELETED" and (pod.get("status") or {}).get("phase") == "Running"
+        deleting = pod["metadata"].get("deletionTimestamp") is not None
+        phase = (pod.get("status") or {}).get("phase")
+        running = kind != "DELETED" and not deleting and phase == "Running"
         if running:
             self.warm_running.add(name)
         else:
