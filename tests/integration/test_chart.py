@@ -141,6 +141,12 @@ OPERATOR_PERMISSIONS: dict[Permission, str] = {
     ("authentication.k8s.io", "tokenreviews", "create"): "lease endpoint: whose token a warm "
     "pod presents (KubeClient.review_token)",
 }
+#: What `kueue.multiKueueWorker` adds: a batch mirrored by MultiKueue is admitted by a Workload
+#: the operator reads and finishes (controller/workloadadmission.py).
+MULTIKUEUE_WORKER_PERMISSIONS: dict[Permission, str] = {
+    ("kueue.x-k8s.io", "workloads", "get"): "how many pods the batch's Workload is admitted for",
+    ("kueue.x-k8s.io", "workloads/status", "patch"): "its Finished condition (server-side apply)",
+}
 #: Checked by the admission plugin during pod creation, not a request of its own, so the audit
 #: log cannot show it; the removal experiment below shows what it is for.
 ADMISSION_ONLY = {("gpubatch.io", "gpubatches/finalizers", "update")}
@@ -152,6 +158,7 @@ def test_helm_lint_is_clean_with_defaults_and_with_every_option_set():
         "watchNamespaces={team-a,team-b}",
         "operator.maxPending=16",
         "operator.verbose=true",
+        "kueue.multiKueueWorker=true",
         "metrics.serviceMonitor.enabled=true",
         "podSecurityContext.fsGroup=2000",
         "storage.volumes[0].name=data",
@@ -205,16 +212,24 @@ def test_rendered_cluster_roles_grant_exactly_the_documented_operator_permission
     assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
 
 
+def test_a_multikueue_worker_may_also_read_and_finish_workloads_and_nothing_more():
+    docs = render("kueue.multiKueueWorker=true")
+    expected = set(OPERATOR_PERMISSIONS) | set(MULTIKUEUE_WORKER_PERMISSIONS)
+    assert granted(docs, [ROLE, NODES_ROLE, LEASES_ROLE]) == expected
+
+
 def test_documented_rbac_table_lists_every_rule():
     """docs/cluster.md's table names each resource with its verbs, as the chart grants them."""
     table = user_path.CLUSTER_DOC.read_text().split("## What the operator may do (RBAC)")[1]
     documented: set[Permission] = set()
     for resource, verbs in re.findall(r"^\| `([a-z/]+)`[^|]*\| ([a-z, ]+) \|", table, re.M):
-        group = {"gpubatches": "gpubatch.io", "tokenreviews": "authentication.k8s.io"}.get(
-            resource.split("/")[0], ""
-        )
+        group = {
+            "gpubatches": "gpubatch.io",
+            "tokenreviews": "authentication.k8s.io",
+            "workloads": "kueue.x-k8s.io",
+        }.get(resource.split("/")[0], "")
         documented |= {(group, resource, verb.strip()) for verb in verbs.split(",")}
-    assert documented == set(OPERATOR_PERMISSIONS)
+    assert documented == set(OPERATOR_PERMISSIONS) | set(MULTIKUEUE_WORKER_PERMISSIONS)
 
 
 def test_watch_namespaces_bind_the_role_in_each_namespace_and_only_nodes_cluster_wide():

@@ -71,6 +71,7 @@ class FakeKube:
         self.pods: dict[str, JSON] = {}
         self.status: JSON = {}
         self.batch_deleted = False
+        self.workloads: dict[str, JSON] = {}  # Kueue Workloads by name
         self.calls: list[Call] = []
         self._faults: dict[str, list[Fault]] = {}
         self._tick = itertools.count()
@@ -179,6 +180,31 @@ class FakeKube:
         self.batch_deleted = True
         self._done(call)
         return True
+
+    async def get_workload(self, namespace: str, name: str) -> JSON | None:
+        call = await self._call("get_workload", name)
+        self._done(call)
+        found = self.workloads.get(name)
+        return None if found is None else copy.deepcopy(found)
+
+    async def apply_workload_condition(self, namespace: str, name: str, condition: JSON) -> bool:
+        call = await self._call("apply_workload_condition", name)
+        self._done(call)
+        workload = self.workloads.get(name)
+        if workload is None:
+            return False
+        conditions = workload.setdefault("status", {}).setdefault("conditions", [])
+        kept = [c for c in conditions if c["type"] != condition["type"]]
+        workload["status"]["conditions"] = [*kept, copy.deepcopy(condition)]
+        return True
+
+    def admit_workload(self, name: str, pods: int) -> None:
+        """Kueue admits Workload `name` for `pods` pods (created if absent)."""
+        workload = self.workloads.setdefault(name, {"metadata": {"name": name}})
+        workload["status"] = {
+            "conditions": [{"type": "Admitted", "status": "True"}],
+            "admission": {"podSetAssignments": [{"name": "main", "count": pods}]},
+        }
 
     # ------------------------------------------------------------------------ the world moves on
     def _collect(self, name: str) -> None:

@@ -45,3 +45,10 @@ MANAGED_BY_GPUBATCH: Final = f"{GROUP}/operator"
 # Kueue's queue label: on a GPUBatch it names the LocalQueue; the operator copies it onto every
 # task pod and warm pod, whose admission Kueue's plain-pod integration then gates.
 LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
+# Kueue's prebuilt-workload label: on a GPUBatch it names the Kueue Workload that admits the
+# whole batch (MultiKueue's copy on a worker cluster carries it). Such a batch is admitted
+# already: its pods are not queued again, and the operator marks the Workload Finished when
+# the batch ends, which releases the quota here and lets MultiKueue finish the manager's copy.
+LABEL_KUEUE_PREBUILT_WORKLOAD: Final = "kueue.x-k8s.io/prebuilt-workload-name"
+# spec.managedBy value of Kueue's MultiKueue (the manager cluster mirrors such a batch).
+MANAGED_BY_MULTIKUEUE: Final = "kueue.x-k8s.io/multikueue"

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpubatch.api.names import DEFAULT_GPU_MODEL_LABEL
+from gpubatch.api.names import DEFAULT_GPU_MODEL_LABEL, MANAGED_BY_MULTIKUEUE
+from gpubatch.api.spec import GPUBatchSpec
 from gpubatch.api.status import GPUBatchStatus
 from gpubatch.cli.batchfile import BatchFile, load_batch_file, prepare
 from gpubatch.cli.errors import CliError, Exit
@@ -32,6 +33,12 @@ from gpubatch.cli.statusview import (
 from gpubatch.cli.timeline import bars_from_pods, bars_from_records, plot_timeline
 from gpubatch.cli.watch import follow
 from gpubatch.core.errors import SpecError, TaskSpecError
+from gpubatch.core.kueueworkload import (
+    MultiKueueSubmission,
+    WorkloadError,
+    batch_workload,
+    for_multikueue,
+)
 from gpubatch.core.outputscan import OutputScan
 from gpubatch.core.podspec import BatchRef, render_pod
 from gpubatch.core.podview import pod_view
@@ -263,14 +270,39 @@ def _cluster(args: argparse.Namespace, namespace: str | None = None) -> Any:
 def submit(args: argparse.Namespace) -> int:
     batch_file = load_batch_file(args.file)
     cluster = _cluster(args, batch_file.namespace)
-    obj, created = cluster.apply(batch_file.document)
+    spec = batch_file.batch.spec
+    mirrored = spec.managed_by == MANAGED_BY_MULTIKUEUE
+    try:
+        submission = for_multikueue(batch_file.document) if mirrored else None
+    except WorkloadError as error:
+        raise CliError(f"{batch_file.path}: {error}") from None
+    obj, created = cluster.apply(submission.document if submission else batch_file.document)
     generation = (obj.get("metadata") or {}).get("generation")
     verb = "created" if created else "configured"
     print(f"{cluster.where(batch_file.name)} {verb} (generation {generation})")
+    if submission is not None:
+        _submit_workload(cluster, obj, spec, submission)
     if not args.watch:
         _err(f"follow it: gpubatch watch {batch_file.name} -n {cluster.namespace}")
         return int(Exit.OK)
     return _watch(cluster, batch_file.name, args)
+
+
+def _submit_workload(
+    cluster: Any, batch: dict[str, Any], spec: GPUBatchSpec, submission: MultiKueueSubmission
+) -> None:
+    """MultiKueue admits a batch through a Workload it owns: apply that Workload now that the
+    batch (and its uid) exists. Nothing runs here: MultiKueue mirrors both to a worker."""
+    try:
+        workload = batch_workload(batch, spec, submission.queue, submission.workload)
+    except WorkloadError as error:
+        raise CliError(str(error)) from None
+    cluster.apply_workload(workload)
+    print(
+        f"Kueue Workload {cluster.namespace}/{submission.workload} applied "
+        f"({spec.parallelism} pods, LocalQueue {submission.queue}): MultiKueue runs the batch "
+        "on a worker cluster and copies its status here"
+    )
 
 
 def status(args: argparse.Namespace) -> int:

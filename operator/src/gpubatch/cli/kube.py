@@ -118,6 +118,23 @@ class Cluster:
         obj = data if data is not None else self.get(name)
         return dict(obj), code == 201
 
+    def apply_workload(self, workload: dict[str, Any]) -> None:
+        """Create or update a Kueue Workload (server-side apply, like the batch)."""
+        name = str(workload["metadata"]["name"])
+        group, version = str(workload["apiVersion"]).split("/")
+        with self._errors(f"applying Kueue Workload {self.namespace}/{name}"):
+            self._custom.patch_namespaced_custom_object(
+                group,
+                version,
+                self.namespace,
+                "workloads",
+                name,
+                workload,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+            )
+
     # ---------------------------------------------------------------------------- pods
     def task_pods(self, uid: str) -> list[dict[str, Any]]:
         """The batch's task pods that still exist, as plain dicts (API field names)."""

@@ -27,7 +27,6 @@ from gpubatch.api.names import (
     FINALIZER_TRACKING,
     GROUP,
     LABEL_BATCH_UID,
-    LABEL_KUEUE_QUEUE,
     MANAGED_BY_GPUBATCH,
     PLURAL,
     VERSION,
@@ -37,7 +36,7 @@ from gpubatch.controller.metrics import Metrics
 from gpubatch.controller.reconcile import BatchRuntime, Reconciler
 from gpubatch.controller.warm import WarmLeases, end_requests
 from gpubatch.core.planner import Event, Limits
-from gpubatch.core.podspec import BatchRef, LeaseEndpoint, task_selector
+from gpubatch.core.podspec import LeaseEndpoint, batch_ref, task_selector
 from gpubatch.core.podview import PodView, pod_view
 from gpubatch.core.stuck import NodeCapacity
 from gpubatch.core.warmpod import WarmPodView, warm_pod_view
@@ -311,10 +310,8 @@ async def reconcile(
     # The queue label is read when the operator starts serving the batch (like Kueue, which
     # lets a job change queues only before admission): an edit applies after a restart.
     labels = (body.get("metadata") or {}).get("labels") or {}
-    queue = labels.get(LABEL_KUEUE_QUEUE) or operator.default_queue
-    runtime = operator.runtimes.setdefault(
-        uid, BatchRuntime(ref=BatchRef(name, namespace or "default", uid, queue=queue))
-    )
+    ref = batch_ref(name, namespace or "default", uid, labels, operator.default_queue)
+    runtime = operator.runtimes.setdefault(uid, BatchRuntime(ref=ref))
 
     batch = KopfBatch(uid, body, task_pods, node_labels, stopped)
     operator.batches[uid] = batch

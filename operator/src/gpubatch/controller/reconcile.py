@@ -34,6 +34,12 @@ from gpubatch.controller.warm import (
     observe_warm,
     take_warm_actions,
 )
+from gpubatch.controller.workloadadmission import (
+    RECHECK_SECONDS,
+    WholeBatchAdmission,
+    admitted_spec,
+    finish_workload,
+)
 from gpubatch.core.errors import SpecError, TaskSpecError
 from gpubatch.core.indexset import IndexSet
 from gpubatch.core.planner import (
@@ -86,6 +92,12 @@ class KubeApi(Protocol):
     async def patch_batch_status(self, namespace: str, name: str, status: JSON) -> None: ...
 
     async def delete_batch(self, namespace: str, name: str) -> bool: ...
+
+    async def get_workload(self, namespace: str, name: str) -> JSON | None: ...
+
+    async def apply_workload_condition(
+        self, namespace: str, name: str, condition: JSON
+    ) -> bool: ...
 
 
 class BatchContext(Protocol):
@@ -183,6 +195,12 @@ class BatchRuntime:
     warm: WarmState = field(default_factory=WarmState)  # open lease requests, warm creates
     #: What this pass saw of the warm pods (set by observe, used by decide and apply).
     warm_seen: WarmSeen | None = None
+    #: The Kueue Workload that admitted the whole batch (MultiKueue), if one did.
+    admission: WholeBatchAdmission | None = None
+
+    def __post_init__(self) -> None:
+        if self.admission is None and self.ref.workload is not None:
+            self.admission = WholeBatchAdmission(self.ref.workload)
 
     def wake(self) -> None:
         self.wakeup.now()
@@ -283,14 +301,17 @@ class Reconciler:
             message = loaded.error or "invalid spec"
             return UnparseableSpec(runtime.status, generation, message, datetime.now(UTC))
         outputs_exist = await self._scan_outputs(runtime, current)
+        spec = loaded.spec
+        if runtime.admission is not None:
+            spec = await admitted_spec(self.client, runtime.ref, runtime.admission, spec)
         views = list(batch.pods())
         runtime.warm_seen = None
-        if loaded.spec.worker.mode == "Warm" and self.lease_endpoint is not None:
+        if spec.worker.mode == "Warm" and self.lease_endpoint is not None:
             runtime.warm_seen = observe_warm(
                 runtime.warm,
                 batch.warm_pods(),
                 runtime.status,
-                loaded.spec,
+                spec,
                 loaded.total,
                 self.limits.max_pending,
                 self.limits.max_creates_per_pass,
@@ -298,7 +319,7 @@ class Reconciler:
             views += runtime.warm_seen.views
         warm_pods = [w.pod for w in runtime.warm_seen.fleet.pods] if runtime.warm_seen else []
         return Observation(
-            spec=loaded.spec,
+            spec=spec,
             generation=generation,
             now=datetime.now(UTC),
             total=loaded.total,
@@ -308,7 +329,7 @@ class Reconciler:
             cursor=current.cursor,
             in_flight=_still_in_flight(runtime, views),
             outputs_exist=outputs_exist,
-            node_models=_node_models(batch, views, loaded.spec.gpu_model_label),
+            node_models=_node_models(batch, views, spec.gpu_model_label),
             # Only an unschedulable pod needs them: could any node ever hold it?
             nodes=(
                 list(batch.cluster_nodes())
@@ -395,6 +416,10 @@ class Reconciler:
                 self.metrics.reaction_seconds.observe(time.monotonic() - woken_at)
         for event in decided.events:
             batch.post(event)
+        if runtime.admission is not None and runtime.status is not None:
+            await finish_workload(
+                self.client, runtime.ref, runtime.admission, runtime.status, batch.post
+            )
         if decided.delete_batch:
             await self.client.delete_batch(runtime.ref.namespace, runtime.ref.name)
         self._set_timer(runtime, decided)
@@ -461,6 +486,8 @@ class Reconciler:
         wake_in = decided.wake_in
         if runtime.in_flight:  # look again for pods whose create may have been lost
             wake_in = min(wake_in or IN_FLIGHT_TTL, IN_FLIGHT_TTL)
+        if runtime.admission is not None and runtime.admission.pods is None:
+            wake_in = min(wake_in or RECHECK_SECONDS, RECHECK_SECONDS)  # not admitted yet
         if wake_in is not None:
             runtime.wakeup.later(wake_in + 0.05)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -35,6 +36,7 @@ from gpubatch.api.names import (
     LABEL_ATTEMPT,
     LABEL_BATCH_NAME,
     LABEL_BATCH_UID,
+    LABEL_KUEUE_PREBUILT_WORKLOAD,
     LABEL_KUEUE_QUEUE,
     LABEL_TASK_INDEX,
 )
@@ -64,6 +66,25 @@ class BatchRef:
     #: The Kueue LocalQueue named by the batch's kueue.x-k8s.io/queue-name label: every pod of
     #: the batch (task and warm) carries it, so Kueue gates each until its quota admits it.
     queue: str | None = None
+    #: The Kueue Workload that admitted the whole batch (kueue.x-k8s.io/prebuilt-workload-name,
+    #: MultiKueue's copy on a worker cluster): its pods are admitted already and carry no
+    #: queue label, or Kueue would gate them and count the same GPUs twice.
+    workload: str | None = None
+
+
+def batch_ref(
+    name: str,
+    namespace: str,
+    uid: str,
+    labels: Mapping[str, str],
+    default_queue: str | None = None,
+) -> BatchRef:
+    """The batch as its pods refer to it, with how Kueue admits it: whole, by the Workload its
+    kueue.x-k8s.io/prebuilt-workload-name label names (MultiKueue), or pod by pod through the
+    LocalQueue its kueue.x-k8s.io/queue-name label (or the operator's default) names."""
+    workload = labels.get(LABEL_KUEUE_PREBUILT_WORKLOAD) or None
+    queue = None if workload else labels.get(LABEL_KUEUE_QUEUE) or default_queue
+    return BatchRef(name, namespace, uid, queue=queue, workload=workload)
 
 
 def pod_name(batch: str, index: int, attempt: int) -> str:
@@ -195,6 +216,20 @@ def render_warm_pod(
     return _manifest(batch, spec, name, labels, pod_spec, container["name"])
 
 
+def pod_shape(spec: GPUBatchSpec) -> dict[str, Any]:
+    """What every task pod of the batch asks of the cluster (the template with the GPU limit),
+    as a pod template: what a Kueue Workload needs to reserve quota for the batch's pods."""
+    template = spec.template.model_dump(mode="json", by_alias=True, exclude_none=True)
+    pod_spec: dict[str, Any] = copy.deepcopy(template["spec"])
+    position = spec.task_container_index()
+    _container_with_gpus(spec, pod_spec["containers"][position])
+    _restrict_pod(pod_spec, position)
+    pod_spec["restartPolicy"] = "Never"
+    if spec.gpu_models:
+        _add_gpu_model_affinity(pod_spec, spec.gpu_model_label, spec.gpu_models)
+    return {"spec": pod_spec}
+
+
 def _container_with_gpus(spec: GPUBatchSpec, container: dict[str, Any]) -> None:
     """The GPU limit (and request) and the restricted defaults on the task container."""
     resources = container.setdefault("resources", {})
@@ -239,7 +274,9 @@ def _manifest(
         LABEL_BATCH_UID: batch.uid,
         **own_labels,
     }
-    if batch.queue is not None:  # the batch's label wins over one in the pod template
+    if batch.workload is not None:
+        labels.pop(LABEL_KUEUE_QUEUE, None)
+    elif batch.queue is not None:  # the batch's label wins over one in the pod template
         labels[LABEL_KUEUE_QUEUE] = batch.queue
     return {
         "apiVersion": "v1",

@@ -24,8 +24,11 @@ from urllib.parse import quote
 import aiohttp
 
 from gpubatch.api.names import GROUP, PLURAL, VERSION
+from gpubatch.core.kueueworkload import WORKLOAD_API_VERSION
 
 JSON = dict[str, Any]
+#: Who owns the fields the operator applies server-side (the Finished condition of a Workload).
+FIELD_MANAGER = "gpubatch-operator"
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,42 @@ class KubeClient:
         )
         return dict((body or {}).get("status") or {})
 
+    # ------------------------------------------------------------------------------- Kueue
+    async def get_workload(self, namespace: str, name: str) -> JSON | None:
+        """A Kueue Workload; None when it does not exist. Needs `get` on workloads."""
+        try:
+            _, body = await self.request("GET", _workload_path(namespace, name))
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return body
+
+    async def apply_workload_condition(self, namespace: str, name: str, condition: JSON) -> bool:
+        """Add one condition to a Workload's status with server-side apply (Kueue keeps the
+        conditions as a map by type, so Kueue's own conditions stay); False when the Workload
+        is gone. Needs `patch` on workloads/status."""
+        body = {
+            "apiVersion": WORKLOAD_API_VERSION,
+            "kind": "Workload",
+            "metadata": {"name": name, "namespace": namespace},
+            "status": {"conditions": [condition]},
+        }
+        try:
+            await self.request(
+                "PATCH",
+                _workload_path(namespace, name) + "/status",
+                body=body,
+                content_type="application/apply-patch+yaml",
+                params={"fieldManager": FIELD_MANAGER, "force": "true"},
+                decode=False,
+            )
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
     # ------------------------------------------------------------------------------- batches
     async def patch_batch_status(self, namespace: str, name: str, status: JSON) -> None:
         """Merge-patch the status subresource."""
@@ -276,3 +315,7 @@ class KubeClient:
                 return False
             raise
         return True
+
+
+def _workload_path(namespace: str, name: str) -> str:
+    return f"/apis/{WORKLOAD_API_VERSION}/namespaces/{quote(namespace)}/workloads/{quote(name)}"
