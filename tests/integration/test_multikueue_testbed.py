@@ -1,0 +1,146 @@
+"""MultiKueue between two real control planes, with no gpubatch code in the loop: a GPUBatch
+submitted on the manager cluster (managed by MultiKueue, with its Workload) is admitted there
+through the MultiKueue check and mirrored by Kueue's generic adapter to the worker cluster (the
+session test bed), where the worker's Kueue admits the Workload copy and the batch copy appears
+without managedBy, so the worker's gpubatch operator would run it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from gpubatch.api.names import LABEL_KUEUE_QUEUE
+from support.batches import Batches, batch
+from support.waiting import wait_for
+from testbed import Testbed
+from testbed.kueue import Kueue, Queue
+from testbed.multikueue import CHECK, MULTIKUEUE_CONTROLLER, WORKER, MultiKueue
+
+pytestmark = pytest.mark.integration
+
+PREBUILT_WORKLOAD = "kueue.x-k8s.io/prebuilt-workload-name"
+ORIGIN = "kueue.x-k8s.io/multikueue-origin"
+WORKLOADS = ("kueue.x-k8s.io", "v1beta2", "workloads")
+
+
+@pytest.fixture
+def queue(kueue: Kueue, multikueue: MultiKueue, namespace: str) -> Iterator[Queue]:
+    """The same queue on both clusters: on the manager it requires the MultiKueue check, on
+    the worker it holds the quota the mirrored Workload is admitted against."""
+    made = Queue(name=f"mk-{uuid.uuid4().hex[:6]}", gpus=4)
+    kueue.create_queue(made, namespace)
+    multikueue.create_queue(made, namespace)
+    yield made
+    assert multikueue.manager is not None
+    multikueue.manager.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def workload(name: str, queue: Queue, owner: dict[str, Any]) -> dict[str, Any]:
+    """A Workload for the batch `owner` (its controller), two pods of one GPU each."""
+    gpu = {queue.gpu_resource: "1"}
+    container = {
+        "name": "task",
+        "image": "registry.example.com/task:1",
+        "resources": {"requests": gpu, "limits": gpu},
+    }
+    meta = owner["metadata"]
+    return {
+        "apiVersion": "/".join(WORKLOADS[:2]),
+        "kind": "Workload",
+        "metadata": {
+            "name": name,
+            "ownerReferences": [
+                {
+                    "apiVersion": owner["apiVersion"],
+                    "kind": owner["kind"],
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": {
+            "queueName": queue.name,
+            "podSets": [
+                {"name": "main", "count": 2, "template": {"spec": {"containers": [container]}}}
+            ],
+        },
+    }
+
+
+def _get_or_none(read: Any, *args: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = read(*args)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return found
+
+
+def test_a_batch_submitted_to_the_manager_is_admitted_there_and_mirrored_to_the_worker(
+    testbed: Testbed, multikueue: MultiKueue, queue: Queue, namespace: str, no_operator: None
+):
+    manager = multikueue.manager
+    assert manager is not None
+    on_manager = Batches(manager, namespace)
+    on_worker = Batches(testbed, namespace)
+    manager_workloads = client.CustomObjectsApi(manager.api_client())
+    worker_workloads = client.CustomObjectsApi(testbed.api_client())
+    wl_name = "mirrored-wl"
+
+    body = batch("mirrored", tasks={"range": {"stop": 2}}, managedBy=MULTIKUEUE_CONTROLLER)
+    body["metadata"]["labels"] = {LABEL_KUEUE_QUEUE: queue.name, PREBUILT_WORKLOAD: wl_name}
+    submitted = on_manager.create(body)
+    manager_workloads.create_namespaced_custom_object(
+        *WORKLOADS[:2], namespace, WORKLOADS[2], workload(wl_name, queue, submitted)
+    )
+    created = time.monotonic()
+
+    copy = wait_for(
+        lambda: _get_or_none(on_worker.get, "mirrored"),
+        timeout=90,
+        what="the GPUBatch copy on the worker",
+    )
+    mirrored_after = time.monotonic() - created
+    print(f"\n[multikueue] Workload on manager -> GPUBatch on worker: {mirrored_after:.2f}s")
+
+    def admitted_on_manager() -> dict[str, Any] | None:
+        wl = manager_workloads.get_namespaced_custom_object(
+            *WORKLOADS[:2], namespace, WORKLOADS[2], wl_name
+        )
+        status = wl.get("status") or {}
+        reserved = any(
+            c["type"] == "QuotaReserved" and c["status"] == "True"
+            for c in status.get("conditions") or []
+        )
+        checks = {c["name"]: c for c in status.get("admissionChecks") or []}
+        ready = checks.get(CHECK, {}).get("state") == "Ready"
+        return wl if reserved and ready else None
+
+    local = wait_for(
+        admitted_on_manager, timeout=60, what="the manager's Workload admitted via MultiKueue"
+    )
+    assert local["status"]["clusterName"] == WORKER
+    assert WORKER in {c["name"]: c for c in local["status"]["admissionChecks"]}[CHECK]["message"]
+
+    remote = worker_workloads.get_namespaced_custom_object(
+        *WORKLOADS[:2], namespace, WORKLOADS[2], wl_name
+    )
+    assert remote["spec"]["queueName"] == queue.name
+    assert any(
+        c["type"] == "QuotaReserved" and c["status"] == "True"
+        for c in remote["status"]["conditions"]
+    )
+    assert remote["metadata"]["labels"][ORIGIN]
+    assert "managedBy" not in copy["spec"]
+    assert copy["spec"]["tasks"] == submitted["spec"]["tasks"]
+    assert copy["metadata"]["labels"][PREBUILT_WORKLOAD] == wl_name
+    assert copy["metadata"]["labels"][ORIGIN] == remote["metadata"]["labels"][ORIGIN]
+    assert copy["metadata"]["uid"] != submitted["metadata"]["uid"]  # a copy, on another cluster

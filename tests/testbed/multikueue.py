@@ -1,0 +1,154 @@
+"""MultiKueue across two test beds: a MANAGER cluster where batches are submitted and a WORKER
+cluster (the session's test bed, with its kwok GPU nodes, its Kueue and the gpubatch operator)
+where they run.
+
+The manager is a control-plane-only test bed (no scheduler, no nodes: nothing runs there) with
+the GPUBatch CRD and Kueue configured for MultiKueue, whose generic adapter mirrors a GPUBatch
+with `spec.managedBy: kueue.x-k8s.io/multikueue` to the worker once the worker's Kueue admits
+its Workload. The wiring is Kueue's documented one: the worker's kubeconfig in a Secret in
+Kueue's namespace -> MultiKueueCluster -> MultiKueueConfig -> an AdmissionCheck that each
+manager ClusterQueue requires. The worker needs nothing MultiKueue-specific: only a LocalQueue
+of the same name in the batch's namespace (`Kueue.create_queue` on the worker).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from gpubatch.api.names import GROUP, KIND, VERSION
+from support.crd import install_crd
+from testbed.controlplane import Testbed, TestbedConfig
+from testbed.kueue import KUEUE_NAMESPACE, Kueue, Queue, kueue_object
+from testbed.processes import StartError
+
+# How Kueue names a kind for its generic MultiKueue adapter: Kind.version.group.
+GPUBATCH_FRAMEWORK: Final = f"{KIND}.{VERSION}.{GROUP}"
+WORKER: Final = "worker"  # the MultiKueueCluster's name, as the manager's Workloads report it
+CHECK: Final = "multikueue"  # the AdmissionCheck and the MultiKueueConfig
+SECRET: Final = "worker-kubeconfig"
+MULTIKUEUE_CONTROLLER: Final = "kueue.x-k8s.io/multikueue"
+ACTIVE_TIMEOUT: Final = 60.0
+
+
+@dataclass
+class MultiKueue:
+    """A manager cluster (test bed + Kueue) dispatching to `worker` through MultiKueue.
+
+    `worker_kueue` must be running: the manager's Kueue only reports the worker Active once it
+    can watch Kueue's Workloads there."""
+
+    worker: Testbed
+    worker_kueue: Kueue
+    frameworks: list[str] = field(default_factory=lambda: [GPUBATCH_FRAMEWORK])
+    manager: Testbed | None = None
+    manager_kueue: Kueue | None = None
+
+    def start(self) -> float:
+        """Start the manager bed and its Kueue, connect them to the worker and wait until the
+        worker is Active; the seconds it took. Stops what it started if it fails."""
+        began = time.monotonic()
+        if self.worker_kueue.component is None or not self.worker_kueue.component.alive():
+            raise StartError("MultiKueue needs the worker's Kueue running: start it first")
+        self.manager = Testbed.create(
+            TestbedConfig(control_plane_only=True),
+            workdir=self.worker.workdir / "multikueue-manager",
+            bin_dir=self.worker.bin_dir,
+            tied=self.worker.tied,
+        )
+        try:
+            self.manager.start()
+            install_crd(self.manager)
+            self.manager_kueue = Kueue(self.manager, multikueue_frameworks=self.frameworks)
+            self.manager_kueue.start()
+            self._connect_worker()
+            self.wait_active()
+        except BaseException:
+            self.stop()
+            raise
+        return time.monotonic() - began
+
+    def stop(self) -> None:
+        """Stop the manager's Kueue, then the manager bed; what was mirrored to the worker
+        stays there (the worker's namespaces are the tests' to delete)."""
+        if self.manager_kueue is not None:
+            self.manager_kueue.stop()
+        if self.manager is not None:
+            self.manager.stop()
+
+    def create_queue(self, queue: Queue, namespace: str) -> None:
+        """On the manager: `namespace`, and `queue` (ResourceFlavor, ClusterQueue, LocalQueue)
+        with its ClusterQueue requiring the MultiKueue check, so its Workloads are dispatched
+        to the worker. The worker needs the same queue: `Kueue.create_queue` there."""
+        kueue = self._manager_kueue()
+        kueue.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        for body in queue.objects():
+            if body["kind"] == "ClusterQueue":
+                body["spec"]["admissionChecksStrategy"] = {"admissionChecks": [{"name": CHECK}]}
+            kueue.apply(body)
+        kueue.apply(queue.local_queue(namespace))
+
+    def wait_active(self, timeout: float = ACTIVE_TIMEOUT) -> None:
+        """Until the MultiKueueCluster and the AdmissionCheck both report Active=True; on
+        timeout the error carries their conditions' reasons and messages."""
+        for kind, name in (("multikueuecluster", WORKER), ("admissioncheck", CHECK)):
+            self._wait_condition_true(kind, name, "Active", timeout)
+
+    # ----------------------------------------------------------------------------- wiring
+    def _connect_worker(self) -> None:
+        """The worker's kubeconfig (certificates embedded: Kueue refuses file paths) in a
+        Secret, and the objects that make it a MultiKueue check."""
+        manager = self._manager()
+        kubeconfig = self.worker.embedded_kubeconfig()
+        manager.kubectl(
+            "create",
+            "secret",
+            "generic",
+            SECRET,
+            f"--namespace={KUEUE_NAMESPACE}",
+            f"--from-file=kubeconfig={kubeconfig}",
+        )
+        source = {"kubeConfig": {"locationType": "Secret", "location": SECRET}}
+        parameters = {"apiGroup": "kueue.x-k8s.io", "kind": "MultiKueueConfig", "name": CHECK}
+        check = {"controllerName": MULTIKUEUE_CONTROLLER, "parameters": parameters}
+        kueue = self._manager_kueue()
+        kueue.apply(kueue_object("MultiKueueCluster", WORKER, {"clusterSource": source}))
+        kueue.apply(kueue_object("MultiKueueConfig", CHECK, {"clusters": [WORKER]}))
+        kueue.apply(kueue_object("AdmissionCheck", CHECK, check))
+
+    def _wait_condition_true(self, kind: str, name: str, condition: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            last = self._condition(kind, name, condition)
+            if last is not None and last.get("status") == "True":
+                return
+            time.sleep(0.5)
+        seen = (
+            f"{condition}={last.get('status')} ({last.get('reason')}: {last.get('message')})"
+            if last
+            else f"no {condition} condition yet"
+        )
+        raise StartError(
+            f"MultiKueue on the manager: {kind} {name} not {condition} after {timeout:.0f}s: "
+            f"{seen}. Manager's Kueue log: {self._manager_kueue().log_path}"
+        )
+
+    def _condition(self, kind: str, name: str, condition: str) -> dict[str, Any] | None:
+        result = self._manager().kubectl("get", kind, name, "-o", "json", check=False)
+        if result.returncode != 0:
+            return None
+        conditions = (json.loads(result.stdout).get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c.get("type") == condition), None)
+
+    def _manager(self) -> Testbed:
+        if self.manager is None:
+            raise StartError("MultiKueue is not started: call start() first")
+        return self.manager
+
+    def _manager_kueue(self) -> Kueue:
+        if self.manager_kueue is None:
+            raise StartError("MultiKueue is not started: call start() first")
+        return self.manager_kueue
