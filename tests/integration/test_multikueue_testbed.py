@@ -19,8 +19,9 @@ from gpubatch.api.names import LABEL_KUEUE_QUEUE
 from support.batches import Batches, batch
 from support.waiting import wait_for
 from testbed import Testbed
-from testbed.kueue import Kueue, Queue
+from testbed.kueue import KUEUE_NAMESPACE, Kueue, Queue
 from testbed.multikueue import CHECK, MULTIKUEUE_CONTROLLER, WORKER, MultiKueue
+from testbed.processes import StartError
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +145,34 @@ def test_a_batch_submitted_to_the_manager_is_admitted_there_and_mirrored_to_the_
     assert copy["metadata"]["labels"][PREBUILT_WORKLOAD] == wl_name
     assert copy["metadata"]["labels"][ORIGIN] == remote["metadata"]["labels"][ORIGIN]
     assert copy["metadata"]["uid"] != submitted["metadata"]["uid"]  # a copy, on another cluster
+
+
+def test_a_worker_kubeconfig_naming_files_is_refused_and_the_wait_says_why(
+    testbed: Testbed, multikueue: MultiKueue
+):
+    """Kueue takes only a kubeconfig with its certificates inside (hence
+    `Testbed.embedded_kubeconfig`); the test bed's own kubeconfig names files, and a wait on a
+    cluster given it fails with Kueue's own reason, not a bare timeout."""
+    manager = multikueue.manager
+    assert manager is not None
+    name = f"paths-{uuid.uuid4().hex[:6]}"
+    multikueue.add_cluster(name, testbed.kubeconfig)
+    try:
+        refused = wait_for(
+            lambda: multikueue.condition("multikueuecluster", name, "Active"),
+            timeout=30,
+            what=f"an Active condition on MultiKueueCluster {name}",
+        )
+        assert refused["status"] == "False"
+        assert refused["reason"] == "InsecureKubeConfig"
+        with pytest.raises(StartError) as failed:
+            multikueue.wait_true("multikueuecluster", name, "Active", timeout=1)
+        message = str(failed.value)
+        assert f"multikueuecluster {name} not Active" in message
+        assert "InsecureKubeConfig" in message
+        assert "certificate-authority file paths are not allowed" in message
+    finally:
+        manager.kubectl("delete", "multikueuecluster", name, "--ignore-not-found", check=False)
+        manager.kubectl(
+            "delete", "secret", f"{name}-kubeconfig", "-n", KUEUE_NAMESPACE, check=False
+        )

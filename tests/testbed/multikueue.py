@@ -14,8 +14,10 @@ of the same name in the batch's namespace (`Kueue.create_queue` on the worker).
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 from gpubatch.api.names import GROUP, KIND, VERSION
@@ -28,7 +30,6 @@ from testbed.processes import StartError
 GPUBATCH_FRAMEWORK: Final = f"{KIND}.{VERSION}.{GROUP}"
 WORKER: Final = "worker"  # the MultiKueueCluster's name, as the manager's Workloads report it
 CHECK: Final = "multikueue"  # the AdmissionCheck and the MultiKueueConfig
-SECRET: Final = "worker-kubeconfig"
 MULTIKUEUE_CONTROLLER: Final = "kueue.x-k8s.io/multikueue"
 ACTIVE_TIMEOUT: Final = 60.0
 
@@ -52,9 +53,12 @@ class MultiKueue:
         began = time.monotonic()
         if self.worker_kueue.component is None or not self.worker_kueue.component.alive():
             raise StartError("MultiKueue needs the worker's Kueue running: start it first")
+        # A folder of its own per start (beside the worker's, so the worker's clean-up takes it
+        # and GPUBATCH_KEEP_TESTBED_LOGS keeps its logs): a restart never finds old etcd data.
+        workdir = Path(tempfile.mkdtemp(prefix="multikueue-manager-", dir=self.worker.workdir))
         self.manager = Testbed.create(
             TestbedConfig(control_plane_only=True),
-            workdir=self.worker.workdir / "multikueue-manager",
+            workdir=workdir,
             bin_dir=self.worker.bin_dir,
             tied=self.worker.tied,
         )
@@ -94,35 +98,15 @@ class MultiKueue:
         """Until the MultiKueueCluster and the AdmissionCheck both report Active=True; on
         timeout the error carries their conditions' reasons and messages."""
         for kind, name in (("multikueuecluster", WORKER), ("admissioncheck", CHECK)):
-            self._wait_condition_true(kind, name, "Active", timeout)
+            self.wait_true(kind, name, "Active", timeout)
 
-    # ----------------------------------------------------------------------------- wiring
-    def _connect_worker(self) -> None:
-        """The worker's kubeconfig (certificates embedded: Kueue refuses file paths) in a
-        Secret, and the objects that make it a MultiKueue check."""
-        manager = self._manager()
-        kubeconfig = self.worker.embedded_kubeconfig()
-        manager.kubectl(
-            "create",
-            "secret",
-            "generic",
-            SECRET,
-            f"--namespace={KUEUE_NAMESPACE}",
-            f"--from-file=kubeconfig={kubeconfig}",
-        )
-        source = {"kubeConfig": {"locationType": "Secret", "location": SECRET}}
-        parameters = {"apiGroup": "kueue.x-k8s.io", "kind": "MultiKueueConfig", "name": CHECK}
-        check = {"controllerName": MULTIKUEUE_CONTROLLER, "parameters": parameters}
-        kueue = self._manager_kueue()
-        kueue.apply(kueue_object("MultiKueueCluster", WORKER, {"clusterSource": source}))
-        kueue.apply(kueue_object("MultiKueueConfig", CHECK, {"clusters": [WORKER]}))
-        kueue.apply(kueue_object("AdmissionCheck", CHECK, check))
-
-    def _wait_condition_true(self, kind: str, name: str, condition: str, timeout: float) -> None:
+    def wait_true(self, kind: str, name: str, condition: str, timeout: float) -> None:
+        """Until the manager's `kind` `name` has `condition` True; else a StartError with the
+        condition's status, reason and message (what Kueue says is wrong)."""
         deadline = time.monotonic() + timeout
         last: dict[str, Any] | None = None
         while time.monotonic() < deadline:
-            last = self._condition(kind, name, condition)
+            last = self.condition(kind, name, condition)
             if last is not None and last.get("status") == "True":
                 return
             time.sleep(0.5)
@@ -136,12 +120,42 @@ class MultiKueue:
             f"{seen}. Manager's Kueue log: {self._manager_kueue().log_path}"
         )
 
-    def _condition(self, kind: str, name: str, condition: str) -> dict[str, Any] | None:
+    def condition(self, kind: str, name: str, condition: str) -> dict[str, Any] | None:
+        """The manager's `kind` `name`'s condition `condition`; None if either is missing."""
         result = self._manager().kubectl("get", kind, name, "-o", "json", check=False)
         if result.returncode != 0:
             return None
         conditions = (json.loads(result.stdout).get("status") or {}).get("conditions") or []
         return next((c for c in conditions if c.get("type") == condition), None)
+
+    def add_cluster(self, name: str, kubeconfig: Path) -> None:
+        """A MultiKueueCluster `name` on the manager reading `kubeconfig` from a Secret
+        `<name>-kubeconfig` in Kueue's namespace. Kueue takes only a kubeconfig with its
+        certificates embedded (`Testbed.embedded_kubeconfig`); one naming files is refused."""
+        secret = f"{name}-kubeconfig"
+        self._manager().kubectl(
+            "create",
+            "secret",
+            "generic",
+            secret,
+            f"--namespace={KUEUE_NAMESPACE}",
+            f"--from-file=kubeconfig={kubeconfig}",
+        )
+        source = {"kubeConfig": {"locationType": "Secret", "location": secret}}
+        self._manager_kueue().apply(
+            kueue_object("MultiKueueCluster", name, {"clusterSource": source})
+        )
+
+    # ----------------------------------------------------------------------------- wiring
+    def _connect_worker(self) -> None:
+        """The worker as MultiKueueCluster WORKER, the only cluster of the MultiKueueConfig
+        that the AdmissionCheck CHECK (Kueue's MultiKueue controller) is parameterised by."""
+        self.add_cluster(WORKER, self.worker.embedded_kubeconfig())
+        parameters = {"apiGroup": "kueue.x-k8s.io", "kind": "MultiKueueConfig", "name": CHECK}
+        check = {"controllerName": MULTIKUEUE_CONTROLLER, "parameters": parameters}
+        kueue = self._manager_kueue()
+        kueue.apply(kueue_object("MultiKueueConfig", CHECK, {"clusters": [WORKER]}))
+        kueue.apply(kueue_object("AdmissionCheck", CHECK, check))
 
     def _manager(self) -> Testbed:
         if self.manager is None:
