@@ -20,14 +20,19 @@ from support.batches import Batches, batch
 from support.waiting import wait_for
 from testbed import Testbed
 from testbed.kueue import KUEUE_NAMESPACE, Kueue, Queue
-from testbed.multikueue import CHECK, MULTIKUEUE_CONTROLLER, WORKER, MultiKueue
+from testbed.multikueue import (
+    CHECK,
+    MULTIKUEUE_CONTROLLER,
+    ORIGIN_LABEL,
+    PREBUILT_WORKLOAD_LABEL,
+    WORKER,
+    WORKLOADS,
+    MultiKueue,
+    prebuilt_workload,
+)
 from testbed.processes import StartError
 
 pytestmark = pytest.mark.integration
-
-PREBUILT_WORKLOAD = "kueue.x-k8s.io/prebuilt-workload-name"
-ORIGIN = "kueue.x-k8s.io/multikueue-origin"
-WORKLOADS = ("kueue.x-k8s.io", "v1beta2", "workloads")
 
 
 @pytest.fixture
@@ -40,39 +45,6 @@ def queue(kueue: Kueue, multikueue: MultiKueue, namespace: str) -> Iterator[Queu
     yield made
     assert multikueue.manager is not None
     multikueue.manager.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-
-
-def workload(name: str, queue: Queue, owner: dict[str, Any]) -> dict[str, Any]:
-    """A Workload for the batch `owner` (its controller), two pods of one GPU each."""
-    gpu = {queue.gpu_resource: "1"}
-    container = {
-        "name": "task",
-        "image": "registry.example.com/task:1",
-        "resources": {"requests": gpu, "limits": gpu},
-    }
-    meta = owner["metadata"]
-    return {
-        "apiVersion": "/".join(WORKLOADS[:2]),
-        "kind": "Workload",
-        "metadata": {
-            "name": name,
-            "ownerReferences": [
-                {
-                    "apiVersion": owner["apiVersion"],
-                    "kind": owner["kind"],
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "controller": True,
-                }
-            ],
-        },
-        "spec": {
-            "queueName": queue.name,
-            "podSets": [
-                {"name": "main", "count": 2, "template": {"spec": {"containers": [container]}}}
-            ],
-        },
-    }
 
 
 def _get_or_none(read: Any, *args: str) -> dict[str, Any] | None:
@@ -97,10 +69,10 @@ def test_a_batch_submitted_to_the_manager_is_admitted_there_and_mirrored_to_the_
     wl_name = "mirrored-wl"
 
     body = batch("mirrored", tasks={"range": {"stop": 2}}, managedBy=MULTIKUEUE_CONTROLLER)
-    body["metadata"]["labels"] = {LABEL_KUEUE_QUEUE: queue.name, PREBUILT_WORKLOAD: wl_name}
+    body["metadata"]["labels"] = {LABEL_KUEUE_QUEUE: queue.name, PREBUILT_WORKLOAD_LABEL: wl_name}
     submitted = on_manager.create(body)
     manager_workloads.create_namespaced_custom_object(
-        *WORKLOADS[:2], namespace, WORKLOADS[2], workload(wl_name, queue, submitted)
+        *WORKLOADS[:2], namespace, WORKLOADS[2], prebuilt_workload(wl_name, queue, submitted)
     )
     created = time.monotonic()
 
@@ -139,11 +111,11 @@ def test_a_batch_submitted_to_the_manager_is_admitted_there_and_mirrored_to_the_
         c["type"] == "QuotaReserved" and c["status"] == "True"
         for c in remote["status"]["conditions"]
     )
-    assert remote["metadata"]["labels"][ORIGIN]
+    assert remote["metadata"]["labels"][ORIGIN_LABEL]
     assert "managedBy" not in copy["spec"]
     assert copy["spec"]["tasks"] == submitted["spec"]["tasks"]
-    assert copy["metadata"]["labels"][PREBUILT_WORKLOAD] == wl_name
-    assert copy["metadata"]["labels"][ORIGIN] == remote["metadata"]["labels"][ORIGIN]
+    assert copy["metadata"]["labels"][PREBUILT_WORKLOAD_LABEL] == wl_name
+    assert copy["metadata"]["labels"][ORIGIN_LABEL] == remote["metadata"]["labels"][ORIGIN_LABEL]
     assert copy["metadata"]["uid"] != submitted["metadata"]["uid"]  # a copy, on another cluster
 
 

@@ -32,6 +32,41 @@ WORKER: Final = "worker"  # the MultiKueueCluster's name, as the manager's Workl
 CHECK: Final = "multikueue"  # the AdmissionCheck and the MultiKueueConfig
 MULTIKUEUE_CONTROLLER: Final = "kueue.x-k8s.io/multikueue"
 ACTIVE_TIMEOUT: Final = 60.0
+# Labels MultiKueue's generic adapter puts on the worker's copy of a batch: the Workload it was
+# admitted as, and which manager made it (also on the worker's Workload copy).
+PREBUILT_WORKLOAD_LABEL: Final = "kueue.x-k8s.io/prebuilt-workload-name"
+ORIGIN_LABEL: Final = "kueue.x-k8s.io/multikueue-origin"
+WORKLOADS: Final = ("kueue.x-k8s.io", "v1beta2", "workloads")  # group, version, plural
+
+
+def prebuilt_workload(
+    name: str, queue: Queue, owner: dict[str, Any], *, pods: int = 2, gpus_per_pod: int = 1
+) -> dict[str, Any]:
+    """The Workload to create on the manager beside a batch `owner` (as returned by the API
+    server: it needs its uid). Nothing on the manager builds one for a GPUBatch, and MultiKueue
+    dispatches Workloads: it finds the batch to mirror through the Workload's controller owner.
+    One podSet "main" of `pods` pods of `gpus_per_pod` GPUs each, in `queue`."""
+    gpus = {queue.gpu_resource: str(gpus_per_pod)}
+    container = {
+        "name": "task",
+        "image": "registry.example.com/task:1",
+        "resources": {"requests": gpus, "limits": gpus},
+    }
+    meta = owner["metadata"]
+    controller = {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+    }
+    pod_set = {"name": "main", "count": pods, "template": {"spec": {"containers": [container]}}}
+    return {
+        "apiVersion": "/".join(WORKLOADS[:2]),
+        "kind": "Workload",
+        "metadata": {"name": name, "ownerReferences": [controller]},
+        "spec": {"queueName": queue.name, "podSets": [pod_set]},
+    }
 
 
 @dataclass
