@@ -12,6 +12,7 @@ from support.crd import install_crd
 from support.operator_process import OperatorProcess
 from testbed import Testbed
 from testbed.kueue import Kueue
+from testbed.multikueue import MultiKueue
 from testbed.realnode.node import RealNode, unavailable_reason
 
 
@@ -63,6 +64,21 @@ def kueue(testbed: Testbed) -> Iterator[Kueue]:
     manager = Kueue(testbed)
     seconds = manager.start()
     print(f"\n[kueue] up in {seconds:.1f}s")
+    try:
+        yield manager
+    finally:
+        manager.stop()
+
+
+@pytest.fixture(scope="session")
+def multikueue(testbed: Testbed, kueue: Kueue, crd: Path) -> Iterator[MultiKueue]:
+    """A MultiKueue manager cluster (a control-plane-only test bed with the GPUBatch CRD and
+    Kueue) dispatching to the session test bed as its worker "worker"; the worker's own Kueue
+    (`kueue`) admits what is mirrored there. Queues: `MultiKueue.create_queue` on the manager
+    and `Kueue.create_queue` on the worker, of the same name."""
+    manager = MultiKueue(testbed, kueue)
+    seconds = manager.start()
+    print(f"\n[multikueue] manager cluster and its Kueue up in {seconds:.1f}s")
     try:
         yield manager
     finally:

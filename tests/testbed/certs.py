@@ -7,6 +7,7 @@ bed so two test beds never share trust.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
@@ -206,26 +207,22 @@ def write_kubeconfig(
     certs: CertPaths,
     user: str = "testbed-admin",
     client: tuple[Path, Path] | None = None,
+    *,
+    embed: bool = False,
 ) -> None:
-    """A kubeconfig that points at `server` with the admin client certificate (absolute paths)."""
+    """A kubeconfig that points at `server` with the admin client certificate: by absolute
+    paths, or with `embed` the certificates and key themselves (base64 `*-data` fields), for a
+    reader on whose side those paths mean nothing (Kueue's MultiKueue refuses file paths)."""
+    cert, key = client or (certs.admin_cert, certs.admin_key)
+    files = {"certificate-authority": certs.ca_cert}
+    credentials = {"client-certificate": cert, "client-key": key}
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
-            {
-                "name": "gpubatch-testbed",
-                "cluster": {"server": server, "certificate-authority": str(certs.ca_cert)},
-            }
+            {"name": "gpubatch-testbed", "cluster": {"server": server, **_refs(files, embed)}}
         ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate": str(client[0] if client else certs.admin_cert),
-                    "client-key": str(client[1] if client else certs.admin_key),
-                },
-            }
-        ],
+        "users": [{"name": user, "user": _refs(credentials, embed)}],
         "contexts": [
             {
                 "name": "gpubatch-testbed",
@@ -235,6 +232,15 @@ def write_kubeconfig(
         "current-context": "gpubatch-testbed",
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _refs(files: dict[str, Path], embed: bool) -> dict[str, str]:
+    """kubeconfig fields naming `files`: `field: path`, or embedded `field-data: base64`."""
+    if embed:
+        return {
+            f"{name}-data": base64.b64encode(p.read_bytes()).decode() for name, p in files.items()
+        }
+    return {name: str(p) for name, p in files.items()}
 
 
 def serving_certificate(

@@ -32,7 +32,8 @@ from testbed.realnode.node import POD_GATEWAY, RealNode
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 KWOK_CONFIG = HERE / "kwok-config.yaml"
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager")
+COMPONENTS = (*CONTROL_PLANE, "kube-scheduler", "kwok")
 
 
 def testbin_dir() -> Path:
@@ -66,6 +67,21 @@ class TestbedConfig:
     # One real node (containerd + kubelet on this machine, real containers) beside the kwok
     # nodes; needs root. See testbed/realnode.
     real_node: bool = False
+    # etcd, kube-apiserver and kube-controller-manager only: no scheduler, no kwok, no nodes.
+    # For a cluster that only holds objects (a MultiKueue manager, whose work runs on a worker
+    # cluster), at a third of the processes' cost on a small machine.
+    control_plane_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.control_plane_only and self.real_node:
+            raise ValueError(
+                "a control-plane-only test bed runs no nodes: set real_node=False "
+                "or control_plane_only=False"
+            )
+
+    def components(self) -> tuple[str, ...]:
+        """The processes this test bed runs, in start order."""
+        return CONTROL_PLANE if self.control_plane_only else COMPONENTS
 
 
 @dataclass
@@ -97,6 +113,14 @@ class Testbed:
         client = certs.client_certificate(self.certs, self.workdir / "pki", user, groups)
         path = self.workdir / f"kubeconfig-{user}"
         certs.write_kubeconfig(path, self.server, self.certs, user=user, client=client)
+        return path
+
+    def embedded_kubeconfig(self) -> Path:
+        """The admin kubeconfig with the certificates and key inside it, for a reader that
+        cannot open this machine's files by path (a MultiKueue manager's Secret)."""
+        path = self.workdir / "kubeconfig-embedded"
+        certs.write_kubeconfig(path, self.server, self.certs, embed=True)
+        path.chmod(0o600)
         return path
 
     @property
@@ -146,12 +170,10 @@ class Testbed:
         certs.write_kubeconfig(self.kubeconfig, self.server, self.certs)
         self._define_components()
         try:
-            self._start_component("etcd")
-            self._start_component("kube-apiserver")
-            self._start_component("kube-controller-manager")
-            self._start_component("kube-scheduler")
-            self._start_component("kwok")
-            self.create_nodes(self.config.node_pools)
+            for name in self.config.components():
+                self._start_component(name)
+            if not self.config.control_plane_only:
+                self.create_nodes(self.config.node_pools)
             self.wait_for_default_service_account("default")
             if self.config.real_node:
                 self.start_real_node()
@@ -300,9 +322,9 @@ class Testbed:
                 "--audit-log-mode=batch",
                 "--audit-log-batch-max-wait=1s",
             ]
-        for name, argv in argvs.items():
+        for name in self.config.components():
             self.components[name] = Component(
-                name=name, argv=argv, log_path=logs / f"{name}.log", tied=self.tied
+                name=name, argv=argvs[name], log_path=logs / f"{name}.log", tied=self.tied
             )
 
     def _start_component(self, name: str) -> None:

@@ -34,6 +34,8 @@ KUEUE_NAMESPACE: Final = "kueue-system"
 QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
 ADMISSION_GATE: Final = "kueue.x-k8s.io/admission"
 METRICS_CERTS: Final = Path("/etc/kueue/metrics/certs")
+MULTIKUEUE_GC_INTERVAL: Final = "10s"
+MULTIKUEUE_WORKER_LOST_TIMEOUT: Final = "30s"
 WEBHOOK_NAMES: Final = ("gpubatch-testbed-kueue-mutating", "gpubatch-testbed-kueue-validating")
 
 
@@ -60,8 +62,8 @@ class Queue:
             {"name": name, "nominalQuota": amount} for name, amount in big.items()
         ]
         return [
-            _kueue("ResourceFlavor", self.name, {}),
-            _kueue(
+            kueue_object("ResourceFlavor", self.name, {}),
+            kueue_object(
                 "ClusterQueue",
                 self.name,
                 {
@@ -77,12 +79,13 @@ class Queue:
         ]
 
     def local_queue(self, namespace: str) -> dict[str, Any]:
-        body = _kueue("LocalQueue", self.name, {"clusterQueue": self.name})
+        body = kueue_object("LocalQueue", self.name, {"clusterQueue": self.name})
         body["metadata"]["namespace"] = namespace
         return body
 
 
-def _kueue(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+def kueue_object(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A cluster-scoped Kueue object (kueue.x-k8s.io/v1beta2) to `Kueue.apply`."""
     return {
         "apiVersion": "kueue.x-k8s.io/v1beta2",
         "kind": kind,
@@ -101,10 +104,17 @@ class Kueue:
     webhook_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    # Kinds ("Kind.version.group") whose objects MultiKueue mirrors to worker clusters with its
+    # generic adapter; empty: no `multiKueue` section (Kueue's defaults).
+    multikueue_frameworks: list[str] = field(default_factory=list)
 
     @property
     def workdir(self) -> Path:
         return self.bed.workdir / "kueue"
+
+    @property
+    def log_path(self) -> Path:
+        return self.bed.workdir / "logs" / "kueue.log"
 
     def start(self) -> float:
         """Install the CRDs, start the manager, register its webhooks; seconds it took."""
@@ -131,7 +141,7 @@ class Kueue:
                 "--feature-gates=VisibilityOnDemand=false",
                 "--zap-log-level=info",
             ],
-            log_path=self.bed.workdir / "logs" / "kueue.log",
+            log_path=self.log_path,
             tied=self.bed.tied,
         )
         self.component.start()
@@ -153,10 +163,12 @@ class Kueue:
     def create_queue(self, queue: Queue, namespace: str) -> None:
         """The queue's cluster objects (idempotent) and its LocalQueue in `namespace`."""
         for body in [*queue.objects(), queue.local_queue(namespace)]:
-            self._apply(body)
+            self.apply(body)
 
-    def _apply(self, body: dict[str, Any]) -> None:
-        # The webhook server may still be warming its certificate: retry briefly.
+    def apply(self, body: dict[str, Any]) -> None:
+        """Apply one object (server-side) on the bed, retrying briefly: the webhook server may
+        still be warming its certificate."""
+
         def applied() -> bool:
             result = self.bed.kubectl(
                 "apply", "--server-side", "-f", "-", input=json.dumps(body), check=False
@@ -181,6 +193,21 @@ class Kueue:
             "internalCertManagement": {"enable": False},
             "clientConnection": {"qps": 100, "burst": 200},
             "integrations": {"frameworks": ["pod"]},
+            **self._multikueue(),
+        }
+
+    def _multikueue(self) -> dict[str, Any]:
+        """The `multiKueue` section, timed for tests: remote objects whose origin is gone are
+        collected every MULTIKUEUE_GC_INTERVAL (Kueue's default: a minute), and a lost worker
+        frees its workloads after MULTIKUEUE_WORKER_LOST_TIMEOUT (default: 15 minutes)."""
+        if not self.multikueue_frameworks:
+            return {}
+        return {
+            "multiKueue": {
+                "gcInterval": MULTIKUEUE_GC_INTERVAL,
+                "workerLostTimeout": MULTIKUEUE_WORKER_LOST_TIMEOUT,
+                "externalFrameworks": [{"name": kind} for kind in self.multikueue_frameworks],
+            }
         }
 
     def _metrics_certificate(self) -> None:
