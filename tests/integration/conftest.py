@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from support.crd import install_crd
 from support.operator_process import OperatorProcess
 from testbed import Testbed
-from testbed.kueue import Kueue
+from testbed.kueue import Kueue, Queue
 from testbed.multikueue import MultiKueue
 from testbed.realnode.node import RealNode, unavailable_reason
 
@@ -83,6 +84,19 @@ def multikueue(testbed: Testbed, kueue: Kueue, crd: Path) -> Iterator[MultiKueue
         yield manager
     finally:
         manager.stop()
+
+
+@pytest.fixture
+def multikueue_queue(kueue: Kueue, multikueue: MultiKueue, namespace: str) -> Iterator[Queue]:
+    """One queue of 4 GPUs on both clusters, in the test's namespace (made on the manager too):
+    on the manager its ClusterQueue requires the MultiKueue check, on the worker it holds the
+    quota the mirrored Workload is admitted against."""
+    made = Queue(name=f"mk-{uuid.uuid4().hex[:6]}", gpus=4)
+    kueue.create_queue(made, namespace)
+    multikueue.create_queue(made, namespace)
+    yield made
+    assert multikueue.manager is not None
+    multikueue.manager.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 @pytest.fixture

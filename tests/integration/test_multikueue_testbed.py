@@ -8,43 +8,33 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from gpubatch.api.names import LABEL_KUEUE_QUEUE
+from gpubatch.api.names import (
+    LABEL_KUEUE_PREBUILT_WORKLOAD,
+    LABEL_KUEUE_QUEUE,
+    MANAGED_BY_MULTIKUEUE,
+)
+from gpubatch.api.spec import GPUBatchSpec
+from gpubatch.core.kueueworkload import batch_workload
 from support.batches import Batches, batch
 from support.waiting import wait_for
 from testbed import Testbed
-from testbed.kueue import KUEUE_NAMESPACE, Kueue, Queue
+from testbed.kueue import KUEUE_NAMESPACE, Queue
 from testbed.multikueue import (
     CHECK,
-    MULTIKUEUE_CONTROLLER,
     ORIGIN_LABEL,
-    PREBUILT_WORKLOAD_LABEL,
     WORKER,
     WORKLOADS,
     MultiKueue,
-    prebuilt_workload,
 )
 from testbed.processes import StartError
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def queue(kueue: Kueue, multikueue: MultiKueue, namespace: str) -> Iterator[Queue]:
-    """The same queue on both clusters: on the manager it requires the MultiKueue check, on
-    the worker it holds the quota the mirrored Workload is admitted against."""
-    made = Queue(name=f"mk-{uuid.uuid4().hex[:6]}", gpus=4)
-    kueue.create_queue(made, namespace)
-    multikueue.create_queue(made, namespace)
-    yield made
-    assert multikueue.manager is not None
-    multikueue.manager.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def _get_or_none(read: Any, *args: str) -> dict[str, Any] | None:
@@ -58,7 +48,11 @@ def _get_or_none(read: Any, *args: str) -> dict[str, Any] | None:
 
 
 def test_a_batch_submitted_to_the_manager_is_admitted_there_and_mirrored_to_the_worker(
-    testbed: Testbed, multikueue: MultiKueue, queue: Queue, namespace: str, no_operator: None
+    testbed: Testbed,
+    multikueue: MultiKueue,
+    multikueue_queue: Queue,
+    namespace: str,
+    no_operator: None,
 ):
     manager = multikueue.manager
     assert manager is not None
@@ -68,11 +62,14 @@ def test_a_batch_submitted_to_the_manager_is_admitted_there_and_mirrored_to_the_
     worker_workloads = client.CustomObjectsApi(testbed.api_client())
     wl_name = "mirrored-wl"
 
-    body = batch("mirrored", tasks={"range": {"stop": 2}}, managedBy=MULTIKUEUE_CONTROLLER)
-    body["metadata"]["labels"] = {LABEL_KUEUE_QUEUE: queue.name, PREBUILT_WORKLOAD_LABEL: wl_name}
+    tasks = {"range": {"stop": 2}}
+    body = batch("mirrored", tasks=tasks, managedBy=MANAGED_BY_MULTIKUEUE, parallelism=2)
+    queue = multikueue_queue.name
+    body["metadata"]["labels"] = {LABEL_KUEUE_QUEUE: queue, LABEL_KUEUE_PREBUILT_WORKLOAD: wl_name}
     submitted = on_manager.create(body)
+    spec = GPUBatchSpec.model_validate(submitted["spec"])
     manager_workloads.create_namespaced_custom_object(
-        *WORKLOADS[:2], namespace, WORKLOADS[2], prebuilt_workload(wl_name, queue, submitted)
+        *WORKLOADS[:2], namespace, WORKLOADS[2], batch_workload(submitted, spec, queue, wl_name)
     )
     created = time.monotonic()
 
@@ -106,7 +103,7 @@ def test_a_batch_submitted_to_the_manager_is_admitted_there_and_mirrored_to_the_
     remote = worker_workloads.get_namespaced_custom_object(
         *WORKLOADS[:2], namespace, WORKLOADS[2], wl_name
     )
-    assert remote["spec"]["queueName"] == queue.name
+    assert remote["spec"]["queueName"] == multikueue_queue.name
     assert any(
         c["type"] == "QuotaReserved" and c["status"] == "True"
         for c in remote["status"]["conditions"]
@@ -114,7 +111,7 @@ def test_a_batch_submitted_to_the_manager_is_admitted_there_and_mirrored_to_the_
     assert remote["metadata"]["labels"][ORIGIN_LABEL]
     assert "managedBy" not in copy["spec"]
     assert copy["spec"]["tasks"] == submitted["spec"]["tasks"]
-    assert copy["metadata"]["labels"][PREBUILT_WORKLOAD_LABEL] == wl_name
+    assert copy["metadata"]["labels"][LABEL_KUEUE_PREBUILT_WORKLOAD] == wl_name
     assert copy["metadata"]["labels"][ORIGIN_LABEL] == remote["metadata"]["labels"][ORIGIN_LABEL]
     assert copy["metadata"]["uid"] != submitted["metadata"]["uid"]  # a copy, on another cluster
 

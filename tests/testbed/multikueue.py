@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from gpubatch.api.names import GROUP, KIND, VERSION
+from gpubatch.api.names import GROUP, KIND, MANAGED_BY_MULTIKUEUE, VERSION
 from support.crd import install_crd
 from testbed.controlplane import Testbed, TestbedConfig
 from testbed.kueue import KUEUE_NAMESPACE, Kueue, Queue, kueue_object
@@ -30,43 +30,11 @@ from testbed.processes import StartError
 GPUBATCH_FRAMEWORK: Final = f"{KIND}.{VERSION}.{GROUP}"
 WORKER: Final = "worker"  # the MultiKueueCluster's name, as the manager's Workloads report it
 CHECK: Final = "multikueue"  # the AdmissionCheck and the MultiKueueConfig
-MULTIKUEUE_CONTROLLER: Final = "kueue.x-k8s.io/multikueue"
 ACTIVE_TIMEOUT: Final = 60.0
-# Labels MultiKueue's generic adapter puts on the worker's copy of a batch: the Workload it was
-# admitted as, and which manager made it (also on the worker's Workload copy).
-PREBUILT_WORKLOAD_LABEL: Final = "kueue.x-k8s.io/prebuilt-workload-name"
+# The label MultiKueue's generic adapter puts on the worker's copies of a batch and its
+# Workload beside kueue.x-k8s.io/prebuilt-workload-name: which manager made them.
 ORIGIN_LABEL: Final = "kueue.x-k8s.io/multikueue-origin"
 WORKLOADS: Final = ("kueue.x-k8s.io", "v1beta2", "workloads")  # group, version, plural
-
-
-def prebuilt_workload(
-    name: str, queue: Queue, owner: dict[str, Any], *, pods: int = 2, gpus_per_pod: int = 1
-) -> dict[str, Any]:
-    """The Workload to create on the manager beside a batch `owner` (as returned by the API
-    server: it needs its uid). Nothing on the manager builds one for a GPUBatch, and MultiKueue
-    dispatches Workloads: it finds the batch to mirror through the Workload's controller owner.
-    One podSet "main" of `pods` pods of `gpus_per_pod` GPUs each, in `queue`."""
-    gpus = {queue.gpu_resource: str(gpus_per_pod)}
-    container = {
-        "name": "task",
-        "image": "registry.example.com/task:1",
-        "resources": {"requests": gpus, "limits": gpus},
-    }
-    meta = owner["metadata"]
-    controller = {
-        "apiVersion": owner["apiVersion"],
-        "kind": owner["kind"],
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-    }
-    pod_set = {"name": "main", "count": pods, "template": {"spec": {"containers": [container]}}}
-    return {
-        "apiVersion": "/".join(WORKLOADS[:2]),
-        "kind": "Workload",
-        "metadata": {"name": name, "ownerReferences": [controller]},
-        "spec": {"queueName": queue.name, "podSets": [pod_set]},
-    }
 
 
 @dataclass
@@ -187,7 +155,7 @@ class MultiKueue:
         that the AdmissionCheck CHECK (Kueue's MultiKueue controller) is parameterised by."""
         self.add_cluster(WORKER, self.worker.embedded_kubeconfig())
         parameters = {"apiGroup": "kueue.x-k8s.io", "kind": "MultiKueueConfig", "name": CHECK}
-        check = {"controllerName": MULTIKUEUE_CONTROLLER, "parameters": parameters}
+        check = {"controllerName": MANAGED_BY_MULTIKUEUE, "parameters": parameters}
         kueue = self._manager_kueue()
         kueue.apply(kueue_object("MultiKueueConfig", CHECK, {"clusters": [WORKER]}))
         kueue.apply(kueue_object("AdmissionCheck", CHECK, check))
