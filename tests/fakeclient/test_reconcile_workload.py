@@ -156,6 +156,19 @@ def test_a_refused_finish_warns_once_and_is_retried_until_it_goes_through():
     assert loop.finished_condition() is not None
 
 
+def test_ttl_after_finished_leaves_a_mirrored_batch_for_multikueue_to_delete():
+    loop = Loop(tasks=1, parallelism=1, ttlSecondsAfterFinished=0)
+    loop.kube.admit_workload(WORKLOAD, pods=1)
+    loop.run_pass()
+    loop.finish_all()
+    for _ in range(3):
+        loop.run_pass()
+
+    assert loop.finished_condition() is not None
+    assert not loop.kube.batch_deleted
+    assert loop.kube.called("delete_batch") == []
+
+
 def test_a_restarted_operator_reads_the_admission_again_and_finishes_the_workload():
     loop = Loop(tasks=2, parallelism=2)
     loop.kube.admit_workload(WORKLOAD, pods=2)

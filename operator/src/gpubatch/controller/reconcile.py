@@ -420,7 +420,9 @@ class Reconciler:
             await finish_workload(
                 self.client, runtime.ref, runtime.admission, runtime.status, batch.post
             )
-        if decided.delete_batch:
+        # A batch MultiKueue mirrored here is deleted by MultiKueue once it has copied the final
+        # status back; deleting it first would make MultiKueue create it again.
+        if decided.delete_batch and runtime.admission is None:
             await self.client.delete_batch(runtime.ref.namespace, runtime.ref.name)
         self._set_timer(runtime, decided)
         self.metrics.observe_status(runtime.ref, decided.status)
