@@ -9,7 +9,6 @@ task. Each test runs passes one by one (no timers), so it takes milliseconds.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from gpubatch.core.planner import Limits, Plan
 from gpubatch.core.podspec import BatchRef
 from gpubatch.edges.kube import ApiError
 from support.builders import a_raw_spec
-from support.fakekube import FakeBatch, FakeKube, Fault
+from support.fakekube import FakeBatch, FakeKube, Fault, run_one_pass
 
 pytestmark = pytest.mark.fakeclient
 
@@ -44,13 +43,7 @@ class Loop:
         self.runtime = BatchRuntime(ref=BatchRef(self.batch.name, self.batch.namespace, "uid"))
 
     def run_pass(self) -> Plan | None:
-        async def one_pass() -> Plan | None:
-            try:
-                return await self.reconciler.pass_once(self.runtime, self.batch)
-            finally:
-                self.runtime.wakeup.cancel()
-
-        return asyncio.run(one_pass())
+        return run_one_pass(self.reconciler, self.runtime, self.batch)
 
     def status(self) -> GPUBatchStatus:
         return GPUBatchStatus.model_validate(self.kube.status)

@@ -33,7 +33,7 @@ from gpubatch.core.indexset import IndexSet
 from gpubatch.core.planner import WARM_NOT_ON_CLUSTER, Limits
 from gpubatch.core.podspec import BatchRef, LeaseEndpoint
 from support.builders import a_raw_spec
-from support.fakekube import FakeBatch, FakeKube
+from support.fakekube import FakeBatch, FakeKube, run_one_pass
 
 pytestmark = pytest.mark.fakeclient
 
@@ -86,13 +86,7 @@ class WarmLoop:
         )
 
     def run_pass(self) -> None:
-        async def one_pass() -> None:
-            try:
-                await self.reconciler.pass_once(self.runtime, self.batch)
-            finally:
-                self.runtime.wakeup.cancel()
-
-        asyncio.run(one_pass())
+        run_one_pass(self.reconciler, self.runtime, self.batch)
 
     def ask(self, pod: str, seq: int = 0, **request: Any) -> LeaseResponse:
         """A warm pod's request, answered by the pass it wakes (or by the long poll's end)."""

@@ -6,7 +6,6 @@ after the batch's final status is written (so MultiKueue copies a final status b
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from gpubatch.core.planner import Limits
 from gpubatch.core.podspec import batch_ref
 from gpubatch.edges.kube import ApiError
 from support.builders import a_raw_spec
-from support.fakekube import FakeBatch, FakeKube
+from support.fakekube import FakeBatch, FakeKube, run_one_pass
 
 pytestmark = pytest.mark.fakeclient
 
@@ -44,13 +43,7 @@ class Loop:
         self.runtime = BatchRuntime(ref=ref)
 
     def run_pass(self) -> None:
-        async def one_pass() -> None:
-            try:
-                await self.reconciler.pass_once(self.runtime, self.batch)
-            finally:
-                self.runtime.wakeup.cancel()
-
-        asyncio.run(one_pass())
+        run_one_pass(self.reconciler, self.runtime, self.batch)
 
     def finish_all(self, exit_code: int = 0) -> None:
         for view in self.kube.views():

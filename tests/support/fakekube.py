@@ -21,7 +21,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gpubatch.api.names import FINALIZER_TRACKING
-from gpubatch.core.planner import Event
+from gpubatch.controller.reconcile import BatchRuntime, Reconciler
+from gpubatch.core.planner import Event, Plan
 from gpubatch.core.podview import PodView, pod_view
 from gpubatch.core.stuck import NodeCapacity
 from gpubatch.core.warmpod import WarmPodView, warm_pod_view
@@ -337,3 +338,15 @@ def _ago(seconds: float) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_one_pass(reconciler: Reconciler, runtime: BatchRuntime, batch: FakeBatch) -> Plan | None:
+    """One reconcile pass with its timer cancelled: the tests drive passes one by one."""
+
+    async def one_pass() -> Plan | None:
+        try:
+            return await reconciler.pass_once(runtime, batch)
+        finally:
+            runtime.wakeup.cancel()
+
+    return asyncio.run(one_pass())

@@ -169,6 +169,19 @@ class KubeClient:
             raise ApiError(response.status, method, path, raw.decode("utf-8", "replace"))
         return response.status, (json.loads(raw) if raw and decode else None)
 
+    async def _unless_gone(
+        self, method: str, path: str, **options: Any
+    ) -> tuple[bool, JSON | None]:
+        """`request`, with a 404 answered as (False, None): the object is gone, which the
+        reconcile treats as done, not as an error."""
+        try:
+            _, body = await self.request(method, path, **options)
+        except ApiError as error:
+            if error.status == 404:
+                return False, None
+            raise
+        return True, body
+
     # ------------------------------------------------------------------------------- pods
     async def create_pod(self, namespace: str, pod: JSON) -> bool:
         """Create a pod; False when it already exists (409), which is not an error here."""
@@ -192,19 +205,14 @@ class KubeClient:
         return await self._patch_pod(namespace, name, patch, "merge-patch+json")
 
     async def _patch_pod(self, namespace: str, name: str, patch: JSON, kind: str) -> bool:
-        try:
-            await self.request(
-                "PATCH",
-                f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}",
-                body=patch,
-                content_type=f"application/{kind}",
-                decode=False,
-            )
-        except ApiError as error:
-            if error.status == 404:
-                return False
-            raise
-        return True
+        found, _ = await self._unless_gone(
+            "PATCH",
+            f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}",
+            body=patch,
+            content_type=f"application/{kind}",
+            decode=False,
+        )
+        return found
 
     async def delete_pod(
         self, namespace: str, name: str, *, grace_seconds: int | None = None
@@ -217,18 +225,13 @@ class KubeClient:
         }
         if grace_seconds is not None:
             body["gracePeriodSeconds"] = grace_seconds
-        try:
-            await self.request(
-                "DELETE",
-                f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}",
-                body=body,
-                decode=False,
-            )
-        except ApiError as error:
-            if error.status == 404:
-                return False
-            raise
-        return True
+        found, _ = await self._unless_gone(
+            "DELETE",
+            f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}",
+            body=body,
+            decode=False,
+        )
+        return found
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[JSON]:
         _, body = await self.request(
@@ -255,13 +258,8 @@ class KubeClient:
     # ------------------------------------------------------------------------------- Kueue
     async def get_workload(self, namespace: str, name: str) -> JSON | None:
         """A Kueue Workload; None when it does not exist. Needs `get` on workloads."""
-        try:
-            _, body = await self.request("GET", _workload_path(namespace, name))
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
-        return body
+        found, body = await self._unless_gone("GET", _workload_path(namespace, name))
+        return body if found else None
 
     async def apply_workload_condition(self, namespace: str, name: str, condition: JSON) -> bool:
         """Add one condition to a Workload's status with server-side apply (Kueue keeps the
@@ -273,20 +271,15 @@ class KubeClient:
             "metadata": {"name": name, "namespace": namespace},
             "status": {"conditions": [condition]},
         }
-        try:
-            await self.request(
-                "PATCH",
-                _workload_path(namespace, name) + "/status",
-                body=body,
-                content_type="application/apply-patch+yaml",
-                params={"fieldManager": FIELD_MANAGER, "force": "true"},
-                decode=False,
-            )
-        except ApiError as error:
-            if error.status == 404:
-                return False
-            raise
-        return True
+        found, _ = await self._unless_gone(
+            "PATCH",
+            _workload_path(namespace, name) + "/status",
+            body=body,
+            content_type="application/apply-patch+yaml",
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            decode=False,
+        )
+        return found
 
     # ------------------------------------------------------------------------------- batches
     async def patch_batch_status(self, namespace: str, name: str, status: JSON) -> None:
@@ -300,21 +293,16 @@ class KubeClient:
         )
 
     async def delete_batch(self, namespace: str, name: str) -> bool:
-        try:
-            await self.request(
-                "DELETE",
-                f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}",
-                body={
-                    "kind": "DeleteOptions",
-                    "apiVersion": "v1",
-                    "propagationPolicy": "Background",
-                },
-            )
-        except ApiError as error:
-            if error.status == 404:
-                return False
-            raise
-        return True
+        found, _ = await self._unless_gone(
+            "DELETE",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}",
+            body={
+                "kind": "DeleteOptions",
+                "apiVersion": "v1",
+                "propagationPolicy": "Background",
+            },
+        )
+        return found
 
 
 def _workload_path(namespace: str, name: str) -> str:
