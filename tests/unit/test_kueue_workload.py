@@ -81,6 +81,14 @@ def test_a_multikueue_submission_is_labelled_with_its_workload_name():
     assert labels[LABEL_KUEUE_PREBUILT_WORKLOAD] == "gpubatch-clips"
 
 
+def test_a_long_batch_name_gives_a_workload_name_that_fits_a_label_value():
+    long = "shots-" + "x" * 100
+    name = workload_name(long)
+    assert len(name) <= 63
+    assert name.startswith("gpubatch-shots-")
+    assert name != workload_name(long + "y")
+
+
 def test_a_workload_name_in_the_file_is_kept():
     labels = {LABEL_KUEUE_QUEUE: "gpus", LABEL_KUEUE_PREBUILT_WORKLOAD: "mine"}
     assert for_multikueue(a_document(labels, parallelism=2)).workload == "mine"

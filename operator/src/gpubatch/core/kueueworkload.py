@@ -33,7 +33,7 @@ from gpubatch.api.names import (
 )
 from gpubatch.api.spec import GPUBatchSpec
 from gpubatch.api.status import ConditionType, GPUBatchStatus
-from gpubatch.core.podspec import pod_shape
+from gpubatch.core.podspec import label_value, pod_shape
 
 WORKLOAD_API_VERSION: Final = "kueue.x-k8s.io/v1beta2"
 #: The one pod set of a batch's Workload: every task pod has the same shape.
@@ -61,8 +61,9 @@ class WorkloadFinish:
 
 
 def workload_name(batch: str) -> str:
-    """The Workload's default name: the batch's, prefixed so it is recognisably ours."""
-    return f"gpubatch-{batch}"[:253]
+    """The Workload's default name: the batch's, prefixed so it is recognisably ours, and
+    shortened with a hash to fit a label value (the batch's prebuilt-workload label names it)."""
+    return label_value(f"gpubatch-{batch}")
 
 
 @dataclass(frozen=True)
